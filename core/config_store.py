@@ -1,0 +1,98 @@
+"""The single writer of limits: every create, replace and delete goes through :meth:`apply`.
+
+Apply is one script call, idempotent and ordered by a version (the config stream entry id):
+a change older than what the key holds is skipped as ``stale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from core.redis_client import unavailable
+from core.scripts import APPLY
+from schemas.limits import Limit
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from core.keys import KeySpace
+
+__all__ = ["ApplyResult", "ConfigStore", "Outcome"]
+
+Outcome = Literal["created", "replaced", "deleted", "not_found", "duplicate", "stale"]
+APPLIED: frozenset[str] = frozenset({"created", "replaced", "deleted", "not_found"})
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    outcome: Outcome
+    before: Limit | None
+    before_version: str
+
+    @property
+    def applied(self) -> bool:
+        """True when this call changed (or confirmed) the key; False for duplicate/stale."""
+        return self.outcome in APPLIED
+
+
+class ConfigStore:
+    """Reads and writes limits. :meth:`apply` is the only code that writes one."""
+
+    __slots__ = ("_keys", "_redis", "_tombstone_ms")
+
+    def __init__(self, redis: Redis, keys: KeySpace, tombstone_ttl_ms: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._tombstone_ms = tombstone_ttl_ms
+
+    async def apply(self, key: str, limit: Limit | None, version: str = "") -> ApplyResult:
+        """Set ``key``'s limit, or delete it when ``limit`` is None, at ``version``."""
+        if limit is None:
+            args: list[str | int] = ["del", version, "", "", "", ""]
+        else:
+            burst = limit.burst if limit.burst is not None else ""
+            args = ["set", version, limit.algorithm, limit.requests, limit.window_ms, burst]
+        args.append(self._tombstone_ms)
+        keys = [self._keys.config(key), self._keys.state(key)]
+        reply = await unavailable(lambda: APPLY(self._redis, keys, args), "apply")
+        outcome, alg, req, win, burst_s, ver = (_text(v) for v in reply)
+        before = None
+        if alg:
+            before = Limit(
+                requests=int(req),
+                window_ms=int(win),
+                algorithm=alg,  # type: ignore[arg-type]
+                burst=int(burst_s) if burst_s else None,
+            )
+        return ApplyResult(outcome, before, ver)  # type: ignore[arg-type]
+
+    async def get(self, key: str) -> Limit | None:
+        """The stored limit of ``key``, or None."""
+        cfg = self._keys.config(key)
+        raw = await unavailable(
+            lambda: self._redis.hmget(cfg, ["alg", "req", "win", "burst", "del"]), "get"
+        )
+        alg, req, win, burst, deleted = (_text(v) for v in raw)
+        if not alg or deleted == "1":
+            return None
+        return Limit(
+            requests=int(req),
+            window_ms=int(win),
+            algorithm=alg,  # type: ignore[arg-type]
+            burst=int(burst) if burst else None,
+        )
+
+    async def version(self, key: str) -> str:
+        """The stream entry id of the last change applied to ``key`` ("" if none)."""
+        cfg = self._keys.config(key)
+        raw = await unavailable(lambda: self._redis.hget(cfg, "ver"), "version")
+        return _text(raw)
+
+
+def _text(value: bytes | str | int | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)

@@ -1,0 +1,72 @@
+"""Every Redis key and channel name, built from one configurable prefix.
+
+A limit's keys share the hash tag ``{<key>}`` so that every script touching them runs on
+one Redis Cluster slot. Rate-limit keys cannot contain ``{`` or ``}`` (see
+:data:`KEY_PATTERN`), so a caller cannot break out of the tag.
+"""
+
+from __future__ import annotations
+
+import re
+
+from core.errors import InvalidKeyError
+
+__all__ = ["KEY_PATTERN", "KeySpace", "validate_key"]
+
+KEY_PATTERN = r"^[A-Za-z0-9_\-.:]{1,256}$"
+_KEY_RE = re.compile(KEY_PATTERN)
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a valid rate-limit key, else raise :class:`InvalidKeyError`."""
+    if not _KEY_RE.fullmatch(key):
+        raise InvalidKeyError(
+            "key must be 1-256 characters of A-Z a-z 0-9 _ - . : "
+            f"(got {len(key)} characters{_first_bad(key)})"
+        )
+    return key
+
+
+def _first_bad(key: str) -> str:
+    for ch in key:
+        if not _KEY_RE.fullmatch(ch):
+            return f", first invalid character {ch!r}"
+    return ""
+
+
+class KeySpace:
+    """Key and channel names under one prefix (``KEY_PREFIX``)."""
+
+    __slots__ = (
+        "_cfg_fmt",
+        "_st_fmt",
+        "audit_stream",
+        "config_stream",
+        "dead_stream",
+        "heartbeat_prefix",
+        "notify_channel",
+        "prefix",
+    )
+
+    def __init__(self, prefix: str = "throttler") -> None:
+        self.prefix = prefix
+        self._cfg_fmt = prefix + ":{%s}:cfg"
+        self._st_fmt = prefix + ":{%s}:st"
+        # The three streams share the hash tag {<prefix>}: one script acks a config entry
+        # and records its outcome atomically, so they must live in one cluster slot.
+        self.config_stream = f"{{{prefix}}}:config"
+        self.audit_stream = f"{{{prefix}}}:audit"
+        self.dead_stream = f"{{{prefix}}}:dead"
+        self.heartbeat_prefix = f"{prefix}:worker:"
+        self.notify_channel = f"{prefix}:limits"
+
+    def config(self, key: str) -> str:
+        """The hash holding a key's limit (algorithm, requests, window_ms, burst, version)."""
+        return self._cfg_fmt % key
+
+    def state(self, key: str) -> str:
+        """The algorithm state of a key (string, or sorted set for the sliding window)."""
+        return self._st_fmt % key
+
+    def heartbeat(self, group: str, consumer: str) -> str:
+        return f"{self.heartbeat_prefix}{group}:{consumer}"

@@ -1,0 +1,100 @@
+"""The check path: one script call decides, spends and reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from core.errors import LimitValidationError, NotFoundError
+from core.redis_client import unavailable
+from core.scripts import CHECK
+from schemas.limits import ALGORITHMS, Algorithm, Limit
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from core.keys import KeySpace
+
+__all__ = ["CheckResult", "Limiter"]
+
+Mode = Literal["d", "i", "p"]
+_ALG_INDEX = {name: i + 1 for i, name in enumerate(ALGORITHMS)}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """A decision and the limit it was made under. Times in ms, ``now_ms`` is Redis time."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_ms: int
+    retry_after_ms: int
+    now_ms: int
+    algorithm: Algorithm
+    requests: int
+    window_ms: int
+    burst: int
+
+    @classmethod
+    def from_reply(cls, reply: list[int]) -> CheckResult:
+        code, limit, remaining, reset, retry, now, alg, req, win, burst = (int(v) for v in reply)
+        return cls(
+            code == 1, limit, remaining, reset, retry, now, ALGORITHMS[alg - 1], req, win, burst
+        )
+
+
+class Limiter:
+    """Checks against the limits stored in Redis, falling back to a default limit."""
+
+    __slots__ = ("_default_args", "_keys", "_redis")
+
+    def __init__(self, redis: Redis, keys: KeySpace, default: Limit) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._default_args = self._limit_args(default)
+
+    @staticmethod
+    def _limit_args(limit: Limit) -> list[int]:
+        return [_ALG_INDEX[limit.algorithm], limit.requests, limit.window_ms, limit.burst or 0]
+
+    def script_args(
+        self, key: str, tokens: int, inline: Limit | None = None, *, now_us: int | None = None
+    ) -> tuple[list[str], list[int | str]]:
+        """KEYS and ARGV of the check script for one check (used by pipelines too)."""
+        mode: Mode = "d" if inline is None else "i"
+        limit_args = self._default_args if inline is None else self._limit_args(inline)
+        now = "" if now_us is None else now_us
+        return [self._keys.config(key), self._keys.state(key)], [tokens, mode, now, *limit_args]
+
+    async def check(
+        self, key: str, tokens: int = 1, inline: Limit | None = None, *, now_us: int | None = None
+    ) -> CheckResult:
+        """Spend ``tokens`` from ``key``'s limit (or peek with 0).
+
+        ``now_us`` overrides the server clock; only tests pass it.
+        """
+        keys, args = self.script_args(key, tokens, inline, now_us=now_us)
+        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "check")
+        return self.result(reply, tokens)
+
+    @staticmethod
+    def result(reply: list[int], tokens: int) -> CheckResult:
+        """Turn a script reply into a result, raising for the two refusal codes."""
+        code = int(reply[0])
+        if code == -1:
+            raise LimitValidationError(
+                f"tokens ({tokens}) exceeds the limit's capacity ({int(reply[1])}); "
+                "such a check can never succeed",
+                field="tokens",
+            )
+        if code == -2:
+            raise NotFoundError("no limit is set for this key")
+        return CheckResult.from_reply(reply)
+
+    async def status(self, key: str, *, now_us: int | None = None) -> CheckResult:
+        """The key's stored limit and live state; consumes nothing. NotFoundError if none."""
+        keys, args = self.script_args(key, 0, None, now_us=now_us)
+        args[1] = "p"
+        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "status")
+        return self.result(reply, 0)

@@ -1,0 +1,95 @@
+"""Logging: JSON lines (default) or a readable console format, level from ``LOG_LEVEL``.
+
+Every record carries ``trace_id`` and ``span_id`` when a span is active. Secrets are
+redacted from every message: Redis URL passwords and configured tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import sys
+from typing import Any
+
+import msgspec
+
+__all__ = ["configure_logging", "register_secret"]
+
+_encoder = msgspec.json.Encoder()
+_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)([^@\s]+)(@)")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
+_secrets: set[str] = set()
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "color_message",  # uvicorn adds an ANSI-coloured copy of the message
+}
+
+
+def register_secret(value: str | None) -> None:
+    """Never print ``value`` in a log line (tokens, passwords)."""
+    if value:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\1***\3", text)
+    text = _BEARER.sub(r"\1***", text)
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _trace_ids() -> tuple[str | None, str | None]:
+    from opentelemetry import trace  # noqa: PLC0415 - cheap after the first import
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None, None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        trace_id, span_id = _trace_ids()
+        if trace_id:
+            entry["trace_id"], entry["span_id"] = trace_id, span_id
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return _encoder.encode(entry).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = redact(super().format(record))
+        trace_id, _ = _trace_ids()
+        return f"{line} trace_id={trace_id}" if trace_id else line
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Send every logger (ours, uvicorn's, litestar's) through one formatted stderr handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar", "granian"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # the API logs its own access lines

@@ -1,0 +1,53 @@
+local ALGORITHMS = {token_bucket, sliding_window, fixed_window, gcra}
+local NAMES = {token_bucket = 1, sliding_window = 2, fixed_window = 3, gcra = 4}
+
+local n = tonumber(ARGV[1])
+local mode = ARGV[2]
+local cfg = redis.call('HMGET', KEYS[1], 'alg', 'req', 'win', 'burst', 'del')
+local alg, req, win, burst
+if cfg[1] and cfg[5] ~= '1' then
+  alg, req, win, burst = NAMES[cfg[1]], tonumber(cfg[2]), tonumber(cfg[3]), tonumber(cfg[4]) or 0
+elseif mode == 'p' then
+  return {-2, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+else
+  alg, req, win, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+    tonumber(ARGV[7])
+  if mode == 'i' then
+    local names = {'token_bucket', 'sliding_window', 'fixed_window', 'gcra'}
+    local stored_burst = burst
+    if burst == 0 then
+      stored_burst = ''
+    end
+    redis.call('HSET', KEYS[1], 'alg', names[alg], 'req', req, 'win', win, 'burst', stored_burst)
+    redis.call('HDEL', KEYS[1], 'del')
+    redis.call('PERSIST', KEYS[1])
+    if alg ~= 1 then
+      redis.call('DEL', KEYS[2])                -- the default limit's bucket does not carry over
+    end
+  end
+end
+
+local capacity = req
+if alg == 1 or alg == 4 then
+  if burst == 0 then
+    burst = req
+  end
+  capacity = burst
+else
+  burst = 0                                    -- windows have no burst
+end
+if n > capacity then
+  return {-1, capacity, 0, 0, 0, 0, alg, req, win, burst}
+end
+
+local allowed, limit, remaining, reset, retry, now =
+  ALGORITHMS[alg](KEYS[2], n, now_us(), req, win * 1000, burst)
+local code = 0
+if allowed then
+  code = 1
+end
+if remaining < 0 then
+  remaining = 0
+end
+return {code, limit, remaining, ceil_ms(reset), ceil_ms(retry), math.floor(now / 1000),
+        alg, req, win, burst}

@@ -1,0 +1,29 @@
+-- gcra: the generic cell rate algorithm. State: one integer, the theoretical arrival time
+-- (tat, us). The emission interval T = window / requests is rounded up to a whole
+-- microsecond, so all arithmetic is exact integers.
+local function gcra(st, n, now, req, win_us, burst)
+  local T = math.ceil(win_us / req)
+  local tau = T * burst
+  local stored = tonumber(redis.call('GET', st) or now)
+  local tat = math.max(stored, now)
+  local new_tat = tat + n * T
+  local allow_at = new_tat - tau
+  local allowed = now >= allow_at
+  local retry = 0
+  if allowed then
+    if n > 0 then
+      redis.call('SET', st, string.format('%d', new_tat), 'PX', ceil_ms(new_tat - now))
+      stored = new_tat
+    end
+  else
+    retry = allow_at - now
+    new_tat = tat
+  end
+  local room = tau - (new_tat - now)
+  local remaining = 0
+  if room > 0 then
+    remaining = idiv(room, T)
+  end
+  local reset = math.max(0, stored - now)
+  return allowed, burst, remaining, reset, retry, now
+end

@@ -1,0 +1,63 @@
+"""The Lua scripts, loaded from ``core/lua`` through importlib.resources.
+
+``check`` is assembled from one file per algorithm plus a dispatcher, so a check is a single
+script call whatever the key's algorithm. Scripts are run by SHA; when the server answers
+``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``) they are loaded again and retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+
+__all__ = ["APPLY", "CHECK", "FINISH", "Script"]
+
+_CHECK_PARTS = (
+    "prelude.lua",
+    "token_bucket.lua",
+    "sliding_window.lua",
+    "fixed_window.lua",
+    "gcra.lua",
+    "dispatch.lua",
+)
+
+
+def _read(name: str) -> str:
+    return files("core").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script known by its SHA1, run with EVALSHA and reloaded on NOSCRIPT."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def from_source(cls, name: str, source: str) -> Script:
+        return cls(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+    async def __call__(self, client: Redis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Pipeline, keys: list[str], args: list[Any]) -> None:
+        """Queue an EVALSHA on a pipeline (see :func:`load` for NOSCRIPT in pipelines)."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+CHECK = Script.from_source("check", "\n".join(_read(p) for p in _CHECK_PARTS))
+APPLY = Script.from_source("apply", _read("apply.lua"))
+FINISH = Script.from_source("finish", _read("finish.lua"))

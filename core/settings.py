@@ -1,0 +1,136 @@
+"""Settings from the environment (and a ``.env`` file when present).
+
+Every setting is an environment variable named after its field in upper case. Values are
+converted and range-checked by msgspec; a bad value raises :class:`SettingsError` naming
+the variable, which the CLI prints as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from dotenv import dotenv_values
+
+from core.errors import SettingsError
+
+__all__ = ["Settings", "load_settings", "redact_url"]
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Millis = Annotated[int, msgspec.Meta(ge=1, le=3_600_000)]
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """All runtime settings. Field ``x_y`` is read from the variable ``X_Y``."""
+
+    bind_address: str = "127.0.0.1:8080"
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    redis_timeout_ms: Millis = 500
+    redis_max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    default_capacity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] = 100
+    default_refill_rate: Annotated[float, msgspec.Meta(gt=0, le=1_000_000_000)] = 10.0
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    key_prefix: str = "throttler"
+    failure_policy: Literal["closed", "open"] = "closed"
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    breaker_cooldown_ms: Millis = 1000
+    apply_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 2000
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    admin_token: str | None = None
+    check_token: str | None = None
+    # Streams and workers
+    stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 1_000_000
+    tombstone_ttl_ms: Annotated[int, msgspec.Meta(ge=1000)] = 7 * 24 * 3_600_000
+    worker_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
+    worker_block_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 1000
+    worker_claim_idle_ms: Annotated[int, msgspec.Meta(ge=100)] = 30_000
+    worker_claim_interval_ms: Annotated[int, msgspec.Meta(ge=100)] = 5_000
+    worker_max_deliveries: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    worker_heartbeat_ttl_ms: Annotated[int, msgspec.Meta(ge=1000)] = 15_000
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.key_prefix):
+            raise SettingsError(
+                f"KEY_PREFIX must be 1-64 characters of A-Z a-z 0-9 _ - . (got {self.key_prefix!r})"
+            )
+        _split_bind(self.bind_address)
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in (
+            "redis",
+            "rediss",
+            "unix",
+        ):
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+
+    @property
+    def host(self) -> str:
+        return _split_bind(self.bind_address)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_bind(self.bind_address)[1]
+
+    @property
+    def default_limit_rate(self) -> tuple[int, int]:
+        """``DEFAULT_REFILL_RATE`` tokens/s as an exact (requests, window_ms) pair."""
+        frac = Fraction(str(self.default_refill_rate)).limit_denominator(1_000_000)
+        requests, window_ms = frac.numerator, 1000 * frac.denominator
+        # Keep the pair in range (a rate below 1/31 days is clamped to that).
+        while requests > 1_000_000_000 or window_ms > 2_678_400_000:
+            requests, window_ms = max(1, requests // 2), max(1, window_ms // 2)
+        return requests, window_ms
+
+
+def _split_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"BIND_ADDRESS must be HOST:PORT (got {bind!r})")
+    return host.strip("[]"), int(port)
+
+
+def load_settings(
+    environ: dict[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Build settings from ``environ`` (default ``os.environ``) over an optional .env file."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(env)
+    fields = {name.upper(): name for name in Settings.__struct_fields__}
+    raw = {fields[k]: v for k, v in values.items() if k in fields and v != ""}
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_name_variable(str(exc))) from None
+
+
+def _name_variable(message: str) -> str:
+    text, _, where = message.rpartition(" - at `$.")
+    if not where:
+        return message
+    return f"{where.rstrip('`').upper()}: {text}"
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ``***`` (safe to log)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,114 @@
+"""HTTP request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.limits import MAX_REQUESTS, Algorithm, Burst, Limit, Requests, WindowMs
+
+__all__ = [
+    "AcceptedResponse",
+    "CheckAllowed",
+    "CheckDenied",
+    "CheckRequest",
+    "ErrorResponse",
+    "HealthResponse",
+    "LimitStatus",
+    "ReadyResponse",
+]
+
+Tokens = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_REQUESTS,
+        description="Tokens to spend (default 1); 0 peeks without consuming.",
+    ),
+]
+
+
+class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of a check. Every field is optional; an empty body spends one token.
+
+    ``requests`` and ``window_ms`` (with optional ``algorithm`` and ``burst``) create the
+    key's limit when it has none; an existing limit always wins.
+    """
+
+    tokens: Tokens = 1
+    requests: Requests | None = None
+    window_ms: WindowMs | None = None
+    algorithm: Algorithm | None = None
+    burst: Burst | None = None
+
+    def inline_limit(self) -> Limit | None:
+        """The inline limit this body carries, if any (validated)."""
+        if self.requests is None and self.window_ms is None:
+            if self.algorithm is not None or self.burst is not None:
+                raise ValueError("algorithm and burst need requests and window_ms")
+            return None
+        if self.requests is None or self.window_ms is None:
+            raise ValueError("an inline limit needs both requests and window_ms")
+        return Limit(
+            requests=self.requests,
+            window_ms=self.window_ms,
+            algorithm=self.algorithm or "token_bucket",
+            burst=self.burst,
+        )
+
+    def __post_init__(self) -> None:
+        self.inline_limit()
+
+
+class CheckAllowed(msgspec.Struct):
+    allowed: bool
+    remaining: int
+    limit: int
+    reset_after_ms: int
+
+
+class CheckDenied(msgspec.Struct):
+    allowed: bool
+    remaining: int
+    limit: int
+    retry_after_ms: int
+    reset_after_ms: int
+    error: Literal["rate_limit_exceeded"] = "rate_limit_exceeded"
+    message: str = "rate limit exceeded"
+
+
+class LimitStatus(msgspec.Struct):
+    """A key's limit and its live state (nothing consumed)."""
+
+    key: str
+    requests: int
+    window_ms: int
+    algorithm: Algorithm
+    burst: int | None
+    limit: int
+    remaining: int
+    reset_after_ms: int
+
+
+class AcceptedResponse(msgspec.Struct):
+    """The change is on the config stream but no worker applied it in time."""
+
+    status: Literal["accepted"]
+    event_id: str
+
+
+class ErrorResponse(msgspec.Struct):
+    error: str
+    message: str
+
+
+class HealthResponse(msgspec.Struct):
+    status: Literal["healthy"]
+    version: str
+    timestamp: str
+
+
+class ReadyResponse(msgspec.Struct):
+    status: Literal["ready", "not_ready"]
+    redis: Literal["connected", "disconnected"]

@@ -1,0 +1,76 @@
+"""A limit: the rule one rate-limit key is held to."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+__all__ = [
+    "ALGORITHMS",
+    "MAX_REQUESTS",
+    "MAX_SLIDING_REQUESTS",
+    "MAX_WINDOW_MS",
+    "Algorithm",
+    "Limit",
+]
+
+MAX_REQUESTS: Final = 1_000_000_000
+MAX_WINDOW_MS: Final = 2_678_400_000  # 31 days
+MAX_SLIDING_REQUESTS: Final = 100_000  # the exact log stores one entry per request
+
+Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "gcra"]
+ALGORITHMS: Final[tuple[Algorithm, ...]] = (
+    "token_bucket",
+    "sliding_window",
+    "fixed_window",
+    "gcra",
+)
+
+Requests = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1, le=MAX_REQUESTS, description="Requests (tokens) allowed per window.", examples=[100]
+    ),
+]
+WindowMs = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1, le=MAX_WINDOW_MS, description="Window length in milliseconds.", examples=[60000]
+    ),
+]
+Burst = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=MAX_REQUESTS,
+        description="token_bucket and gcra only: the most spendable at once (default requests).",
+    ),
+]
+
+
+class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
+    """``requests`` per ``window_ms`` under ``algorithm``; ``burst`` for buckets and GCRA."""
+
+    requests: Requests
+    window_ms: WindowMs
+    algorithm: Algorithm = "token_bucket"
+    burst: Burst | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm in ("sliding_window", "fixed_window"):
+            if self.burst is not None:
+                raise ValueError(f"burst applies to token_bucket and gcra, not {self.algorithm}")
+            if self.algorithm == "sliding_window" and self.requests > MAX_SLIDING_REQUESTS:
+                raise ValueError(
+                    f"requests must be at most {MAX_SLIDING_REQUESTS} for sliding_window "
+                    "(the exact log stores one entry per request); use gcra or token_bucket "
+                    "for larger limits"
+                )
+        elif self.burst is None:
+            self.burst = self.requests
+
+    @property
+    def capacity(self) -> int:
+        """The most one check can ever spend: burst for buckets and GCRA, else requests."""
+        return self.burst if self.burst is not None else self.requests

@@ -1,0 +1,1 @@
+"""Test helpers: real Redis servers and real service processes (no fakes)."""
