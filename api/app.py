@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import TYPE_CHECKING
 
+import anyio
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from api.errors import EXCEPTION_HANDLERS
+from api.notifications import NOTIFICATION_ROUTES
 from api.routes import ROUTES
 from api.services import Services
 from core.config_store import ConfigStore
 from core.keys import KeySpace
 from core.limiter import Limiter
+from core.mutations import Mutations
+from core.notifications import NotificationHub
 from core.redis_client import connect, describe
+from core.telemetry import Telemetry
 from core.version import VERSION
 from schemas.limits import Limit
 
@@ -32,39 +38,59 @@ _log = logging.getLogger("throttler.api")
 Hook = Callable[[Services], AbstractAsyncContextManager[None]]
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, telemetry: Telemetry) -> Services:
     redis = connect(settings)
     keys = KeySpace(settings.key_prefix)
     requests, window_ms = settings.default_limit_rate
     default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)
+    hub = NotificationHub(redis, keys.notify_channel)
     return Services(
         settings=settings,
         keys=keys,
         redis=redis,
         limiter=Limiter(redis, keys, default),
         config=ConfigStore(redis, keys, settings.tombstone_ttl_ms),
+        hub=hub,
+        mutations=Mutations(
+            redis,
+            keys,
+            hub,
+            wait_ms=settings.apply_wait_ms,
+            maxlen=settings.stream_maxlen,
+            telemetry=telemetry,
+        ),
+        telemetry=telemetry,
     )
 
 
-def create_app(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Litestar:
+def create_app(
+    settings: Settings, hooks: tuple[Hook, ...] = (), telemetry: Telemetry | None = None
+) -> Litestar:
     """The API. ``hooks`` run beside it for its lifetime (the CLI adds the worker)."""
+    telemetry = telemetry or Telemetry()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings)
+        services = build_services(settings, telemetry)
         app.state.services = services
         _log.info("api starting; redis %s", describe(settings))
-        async with AsyncExitStack() as stack:
-            for hook in hooks:
-                await stack.enter_async_context(hook(services))
-            try:
+        hub_task = asyncio.create_task(services.hub.run(), name="notifications")
+        with anyio.move_on_after(2):
+            await services.hub.subscribed.wait()
+        try:
+            async with AsyncExitStack() as stack:
+                for hook in hooks:
+                    await stack.enter_async_context(hook(services))
                 yield
-            finally:
                 _log.info("api stopping")
-        await services.redis.aclose()
+        finally:
+            hub_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await hub_task
+            await services.redis.aclose()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *NOTIFICATION_ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

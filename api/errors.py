@@ -66,6 +66,9 @@ def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response
         if isinstance(item, dict):
             key = item.get("key")
             text = str(item.get("message", ""))
+            if key == "data" and text == "'data'":
+                # Litestar reports a missing required body as the KeyError of its parameter.
+                text = "a JSON body is required"
             parts.append(f"{key}: {text}" if key and key != "data" else text)
     message = "; ".join(parts) or str(exc.detail)
     return error_response(HTTP_400_BAD_REQUEST, "validation_error", message)
@@ -109,6 +112,15 @@ def _unavailable(_: Request[Any, Any, Any], exc: RedisUnavailableError) -> Respo
     )
 
 
+def _too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorResponse]:
+    # The one source of a RecursionError in a request is the JSON decoder meeting a body
+    # nested thousands of levels deep (``[[[[...``): client input, so a 400, not a 500.
+    _log.info("request body nested too deeply: %s", exc)
+    return error_response(
+        HTTP_400_BAD_REQUEST, "validation_error", "malformed JSON body: nested too deeply"
+    )
+
+
 def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     _log.exception("unhandled error", exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
@@ -121,5 +133,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     LimitValidationError: _limit,
     NotFoundError: _not_found,
     RedisUnavailableError: _unavailable,
+    RecursionError: _too_deep,
     Exception: _internal,
 }

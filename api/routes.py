@@ -16,6 +16,7 @@ from core.errors import NotFoundError, RedisUnavailableError
 from core.keys import validate_key
 from core.version import VERSION
 from schemas.http import (
+    AcceptedResponse,
     CheckAllowed,
     CheckDenied,
     CheckRequest,
@@ -54,6 +55,25 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
+def _actor(request: Request[Any, Any, Any]) -> str:
+    client = request.client
+    return f"http:{client.host}" if client else "http"
+
+
+def _accepted(event_id: str) -> Response[AcceptedResponse | Any]:
+    return Response(AcceptedResponse(status="accepted", event_id=event_id), status_code=202)
+
+
+def _conflict(event_id: str) -> Response[ErrorResponse | Any]:
+    return Response(
+        ErrorResponse(
+            "conflict",
+            f"change {event_id} was not applied: a newer change to this key was applied first",
+        ),
+        status_code=409,
+    )
+
+
 def _status_body(key: str, result: CheckResult) -> LimitStatus:
     return LimitStatus(
         key=key,
@@ -65,6 +85,16 @@ def _status_body(key: str, result: CheckResult) -> LimitStatus:
         remaining=result.remaining,
         reset_after_ms=result.reset_after_ms,
     )
+
+
+_ACCEPTED = ResponseSpec(
+    data_container=AcceptedResponse,
+    description="Published, but no worker applied it within APPLY_WAIT_MS; it applies later.",
+)
+_CONFLICT = ResponseSpec(
+    data_container=ErrorResponse,
+    description="A newer change to the same key was applied first (`conflict`).",
+)
 
 
 @get("/health", tags=["probes"], summary="Liveness probe")
@@ -101,21 +131,31 @@ async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
     status_code=HTTP_201_CREATED,
     responses={
         200: ResponseSpec(data_container=Limit, description="Replaced an existing limit."),
+        202: _ACCEPTED,
+        409: _CONFLICT,
         **_errors(400, 401, 413, 503),
     },
 )
 async def put_limit(
     request: Request[Any, Any, Any], key: Key, data: JSONBody[Limit]
-) -> Response[Limit]:
+) -> Response[Limit | AcceptedResponse | ErrorResponse]:
     """201 with the stored limit when created, 200 when it replaced one.
 
+    The change is published on the config stream and applied by a worker; the answer waits
+    for that (up to `APPLY_WAIT_MS`), then reports the applied limit. If no worker applied
+    it in time: 202 with the event id, and the change applies whenever a worker comes.
     Replacing a limit with the same algorithm keeps what the caller has spent; a new
     algorithm starts from a full limit.
     """
     validate_key(key)
-    result = await _services(request).config.apply(key, data)
-    status = HTTP_201_CREATED if result.outcome == "created" else HTTP_200_OK
-    return Response(data, status_code=status)
+    submitted = await _services(request).mutations.set(key, data, _actor(request))
+    outcome = submitted.outcome
+    if outcome is None:
+        return _accepted(submitted.event_id)
+    if outcome.result == "stale":
+        return _conflict(submitted.event_id)
+    status = HTTP_201_CREATED if outcome.result == "created" else HTTP_200_OK
+    return Response(outcome.limit or data, status_code=status)
 
 
 @get(
@@ -136,15 +176,22 @@ async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
     tags=["limits"],
     summary="Remove a key's limit and state",
     status_code=HTTP_200_OK,
-    responses=_errors(400, 401, 404, 503),
+    responses={202: _ACCEPTED, 409: _CONFLICT, **_errors(400, 401, 404, 503)},
 )
-async def delete_limit(request: Request[Any, Any, Any], key: Key) -> Limit:
-    """200 with the removed limit, 404 when the key had none."""
+async def delete_limit(
+    request: Request[Any, Any, Any], key: Key
+) -> Response[Limit | AcceptedResponse | ErrorResponse]:
+    """200 with the removed limit, 404 when the key had none (202 as for POST)."""
     validate_key(key)
-    result = await _services(request).config.apply(key, None)
-    if result.before is None:
+    submitted = await _services(request).mutations.delete(key, _actor(request))
+    outcome = submitted.outcome
+    if outcome is None:
+        return _accepted(submitted.event_id)
+    if outcome.result == "stale":
+        return _conflict(submitted.event_id)
+    if outcome.before is None:
         raise NotFoundError("no limit is set for this key")
-    return result.before
+    return Response(outcome.before)
 
 
 @post(

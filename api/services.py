@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from core.redis_client import unavailable
+from core.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from core.config_store import ConfigStore
     from core.keys import KeySpace
     from core.limiter import Limiter
+    from core.mutations import Mutations
+    from core.notifications import NotificationHub
     from core.settings import Settings
 
 __all__ = ["Services"]
@@ -25,6 +28,9 @@ class Services:
     redis: Redis
     limiter: Limiter
     config: ConfigStore
+    hub: NotificationHub
+    mutations: Mutations
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def ping(self) -> bool:
         return bool(await unavailable(self.redis.ping, "ping"))

@@ -46,26 +46,33 @@ class ConfigStore:
         self._keys = keys
         self._tombstone_ms = tombstone_ttl_ms
 
-    async def apply(self, key: str, limit: Limit | None, version: str = "") -> ApplyResult:
-        """Set ``key``'s limit, or delete it when ``limit`` is None, at ``version``."""
+    def _script_args(
+        self, key: str, limit: Limit | None, version: str
+    ) -> tuple[list[str], list[str | int]]:
         if limit is None:
             args: list[str | int] = ["del", version, "", "", "", ""]
         else:
             burst = limit.burst if limit.burst is not None else ""
             args = ["set", version, limit.algorithm, limit.requests, limit.window_ms, burst]
         args.append(self._tombstone_ms)
-        keys = [self._keys.config(key), self._keys.state(key)]
+        return [self._keys.config(key), self._keys.state(key)], args
+
+    async def apply(self, key: str, limit: Limit | None, version: str = "") -> ApplyResult:
+        """Set ``key``'s limit, or delete it when ``limit`` is None, at ``version``."""
+        keys, args = self._script_args(key, limit, version)
         reply = await unavailable(lambda: APPLY(self._redis, keys, args), "apply")
-        outcome, alg, req, win, burst_s, ver = (_text(v) for v in reply)
-        before = None
-        if alg:
-            before = Limit(
-                requests=int(req),
-                window_ms=int(win),
-                algorithm=alg,  # type: ignore[arg-type]
-                burst=int(burst_s) if burst_s else None,
-            )
-        return ApplyResult(outcome, before, ver)  # type: ignore[arg-type]
+        return _result(reply)
+
+    async def apply_many(
+        self, changes: list[tuple[str, Limit | None, str]]
+    ) -> list[ApplyResult | Exception]:
+        """Apply ``(key, limit or None, version)`` changes in order, in one round trip.
+
+        Each change succeeds or fails on its own; a failure is returned, not raised.
+        """
+        calls = [self._script_args(key, limit, version) for key, limit, version in changes]
+        replies = await unavailable(lambda: APPLY.run_many(self._redis, calls), "apply")
+        return [r if isinstance(r, Exception) else _result(r) for r in replies]
 
     async def get(self, key: str) -> Limit | None:
         """The stored limit of ``key``, or None."""
@@ -88,6 +95,19 @@ class ConfigStore:
         cfg = self._keys.config(key)
         raw = await unavailable(lambda: self._redis.hget(cfg, "ver"), "version")
         return _text(raw)
+
+
+def _result(reply: list[bytes]) -> ApplyResult:
+    outcome, alg, req, win, burst, ver = (_text(v) for v in reply)
+    before = None
+    if alg:
+        before = Limit(
+            requests=int(req),
+            window_ms=int(win),
+            algorithm=alg,  # type: ignore[arg-type]
+            burst=int(burst) if burst else None,
+        )
+    return ApplyResult(outcome, before, ver)  # type: ignore[arg-type]
 
 
 def _text(value: bytes | str | int | None) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 from core.errors import InvalidKeyError
+from schemas.limits import KEY_PATTERN
 
 __all__ = ["KEY_PATTERN", "KeySpace", "validate_key"]
 
-KEY_PATTERN = r"^[A-Za-z0-9_\-.:]{1,256}$"
 _KEY_RE = re.compile(KEY_PATTERN)
 
 

@@ -53,9 +53,27 @@ class Script:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
-    def queue(self, pipe: Pipeline, keys: list[str], args: list[Any]) -> None:
-        """Queue an EVALSHA on a pipeline (see :func:`load` for NOSCRIPT in pipelines)."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+    async def run_many(self, client: Redis, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run the script once per ``(keys, args)``, in order, in one pipelined round trip.
+
+        Each reply is the script's result or the exception it raised. Calls that met
+        ``NOSCRIPT`` (the script cache was emptied) are run again, in order, after a load.
+        """
+        replies = await self._pipeline(client, calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await client.script_load(self.source)
+            again = await self._pipeline(client, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, client: Redis, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        pipe: Pipeline = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
 
 CHECK = Script.from_source("check", "\n".join(_read(p) for p in _CHECK_PARTS))

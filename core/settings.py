@@ -22,6 +22,7 @@ from core.errors import SettingsError
 __all__ = ["Settings", "load_settings", "redact_url"]
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+_QUERY_PASSWORD_RE = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Millis = Annotated[int, msgspec.Meta(ge=1, le=3_600_000)]
@@ -64,12 +65,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"KEY_PREFIX must be 1-64 characters of A-Z a-z 0-9 _ - . (got {self.key_prefix!r})"
             )
         _split_bind(self.bind_address)
-        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in (
-            "redis",
-            "rediss",
-            "unix",
-        ):
-            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_url is not None:
+            _check_redis_url(self.redis_url)
 
     @property
     def host(self) -> str:
@@ -88,6 +85,26 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         while requests > 1_000_000_000 or window_ms > 2_678_400_000:
             requests, window_ms = max(1, requests // 2), max(1, window_ms // 2)
         return requests, window_ms
+
+
+def _check_redis_url(url: str) -> None:
+    """Reject a REDIS_URL the client could not use; never echo it (it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL is not a valid URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise SettingsError("REDIS_URL unix:// needs a socket path")
+        return
+    if not parts.hostname:
+        raise SettingsError("REDIS_URL needs a host (redis://host:port/db)")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise SettingsError("REDIS_URL database (the path) must be a number")
 
 
 def _split_bind(bind: str) -> tuple[str, int]:
@@ -115,8 +132,8 @@ def load_settings(
 
 
 def _name_variable(message: str) -> str:
-    text, _, where = message.rpartition(" - at `$.")
-    if not where:
+    text, sep, where = message.rpartition(" - at `$.")
+    if not sep:
         return message
     return f"{where.rstrip('`').upper()}: {text}"
 
@@ -125,12 +142,18 @@ def redact_url(url: str | None) -> str | None:
     """The URL with any password replaced by ``***`` (safe to log)."""
     if not url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if at and colon:
+        # Keep the host part verbatim (brackets of an IPv6 address, port as written).
+        netloc = f"{user}:***@{host}"
+    # redis-py also takes the password as a query parameter: ?password=...
+    query = _QUERY_PASSWORD_RE.sub(r"\1***", parts.query)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

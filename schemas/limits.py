@@ -8,6 +8,7 @@ import msgspec
 
 __all__ = [
     "ALGORITHMS",
+    "KEY_PATTERN",
     "MAX_REQUESTS",
     "MAX_SLIDING_REQUESTS",
     "MAX_WINDOW_MS",
@@ -15,6 +16,8 @@ __all__ = [
     "Limit",
 ]
 
+#: A rate-limit key: no braces, so a key cannot break out of its Redis Cluster hash tag.
+KEY_PATTERN: Final = r"^[A-Za-z0-9_\-.:]{1,256}$"
 MAX_REQUESTS: Final = 1_000_000_000
 MAX_WINDOW_MS: Final = 2_678_400_000  # 31 days
 MAX_SLIDING_REQUESTS: Final = 100_000  # the exact log stores one entry per request

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,6 +13,8 @@ from core.settings import Settings, load_settings
 from tests.support.servers import session_redis_url
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
     from litestar.testing import AsyncTestClient
 
 

@@ -7,12 +7,16 @@ override them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from functools import partial
 from typing import TYPE_CHECKING
 
-from core.errors import SettingsError
+import anyio
+
+from core.errors import LimitValidationError, SettingsError
 from core.logs import configure_logging, register_secret
 from core.settings import Settings, load_settings, redact_url
 
@@ -21,9 +25,12 @@ if TYPE_CHECKING:
 
     from litestar import Litestar
 
+    from core.telemetry import Telemetry
+
 __all__ = ["app_factory", "build_app", "main"]
 
 _log = logging.getLogger("throttler")
+_SERVE_WORKER = "THROTTLER_SERVE_WORKER"  # set by `serve` for its server processes
 
 SETTINGS_HELP = """\
 environment (a .env file in the working directory is read too):
@@ -41,6 +48,19 @@ environment (a .env file in the working directory is read too):
 """
 
 
+WORKER_HELP = (
+    SETTINGS_HELP
+    + """\
+worker settings:
+  WORKER_BATCH              entries per read (default 200)
+  WORKER_CLAIM_IDLE_MS      reclaim entries pending this long from dead consumers (30000)
+  WORKER_MAX_DELIVERIES     dead-letter an entry delivered more often (default 5)
+  WORKER_HEARTBEAT_TTL_MS   heartbeat lifetime; refreshed every third of it (15000)
+  STREAM_MAXLEN             approximate retention of the config/audit/dead streams
+"""
+)
+
+
 def _load(overrides: dict[str, str | None]) -> Settings:
     for name, value in overrides.items():
         if value is not None:
@@ -51,18 +71,23 @@ def _load(overrides: dict[str, str | None]) -> Settings:
     return settings
 
 
-def build_app(settings: Settings) -> Litestar:
-    """The API wired with what runs beside it in one process."""
+def build_app(
+    settings: Settings, *, worker: bool = True, telemetry: Telemetry | None = None
+) -> Litestar:
+    """The API wired with what runs beside it in one process (the in-process worker)."""
     from api.app import create_app  # noqa: PLC0415 - keep `throttler --help` fast
+    from throttler.worker_cmd import in_process_worker  # noqa: PLC0415
 
-    return create_app(settings)
+    hooks = (in_process_worker,) if worker else ()
+    return create_app(settings, hooks, telemetry)
 
 
 def app_factory() -> Litestar:
     """Build the app inside a server process (uvicorn calls this, once per worker)."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return build_app(settings)
+    worker = os.environ.get(_SERVE_WORKER, "1") == "1"
+    return build_app(settings, worker=worker)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _load({"BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
     configure_logging(settings.log_level, settings.log_format)
+    os.environ[_SERVE_WORKER] = "0" if args.no_worker else "1"
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis().start()
@@ -100,6 +126,76 @@ def _serve(args: argparse.Namespace) -> int:
             embedded.stop()
             _log.info("embedded redis stopped")
     return 0
+
+
+def _needs_redis(args: argparse.Namespace) -> Settings:
+    settings = _load({"REDIS_URL": getattr(args, "redis_url", None)})
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.redis_url is None:
+        raise SettingsError("REDIS_URL must be set for this command")
+    return settings
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from throttler.worker_cmd import check_worker, run_worker  # noqa: PLC0415
+
+    settings = _needs_redis(args)
+    if args.check:
+        return anyio.run(check_worker, settings, args.consumer)
+    from core.otel_setup import telemetry_from_env  # noqa: PLC0415
+
+    telemetry = telemetry_from_env("throttler-worker")
+    try:
+        return anyio.run(run_worker, settings, args.consumer or "", telemetry)
+    finally:
+        telemetry.shutdown()
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from throttler.bulk_cmd import apply_file  # noqa: PLC0415
+
+    settings = _needs_redis(args)
+    try:
+        return anyio.run(
+            partial(
+                apply_file,
+                settings,
+                args.file,
+                actor=args.actor,
+                batch=max(1, args.batch),
+                wait=args.wait,
+                timeout_s=args.timeout,
+            )
+        )
+    except LimitValidationError as exc:
+        print(f"throttler apply: {exc}; nothing was sent", file=sys.stderr)
+        return 2
+
+
+def _schema(_: argparse.Namespace) -> int:
+    print(schema_text(), end="")
+    return 0
+
+
+def schema_text() -> str:
+    """The JSON Schema of config events, as kept in docs/config-event.schema.json."""
+    from schemas.events import config_event_schema  # noqa: PLC0415
+
+    return json.dumps(config_event_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def _dead_list(args: argparse.Namespace) -> int:
+    from throttler.dead_letters_cmd import list_dead_letters  # noqa: PLC0415
+
+    return anyio.run(list_dead_letters, _needs_redis(args), args.count)
+
+
+def _dead_replay(args: argparse.Namespace) -> int:
+    from throttler.dead_letters_cmd import replay_dead_letters  # noqa: PLC0415
+
+    if not args.ids and not args.all:
+        raise SettingsError("give dead-letter ids to replay, or --all")
+    return anyio.run(replay_dead_letters, _needs_redis(args), args.ids, args.all)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,7 +228,62 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest wait for in-flight requests at shutdown (default 30)",
     )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not run a config worker in the server process (run `throttler worker`)",
+    )
     serve.set_defaults(run=_serve)
+
+    worker = sub.add_parser(
+        "worker",
+        help="apply config changes from the stream (consumer-group worker)",
+        description="Run the 'appliers' and 'audit' consumer groups until SIGTERM/SIGINT "
+        "(the batch in hand is finished and acked first). Any number of workers can run "
+        "side by side. With --check: exit 0 if a worker on this host (or --consumer) has a "
+        "live heartbeat, 1 otherwise (for liveness probes).",
+        epilog=WORKER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("--consumer", metavar="NAME", help="consumer name (default host-pid)")
+    worker.add_argument("--check", action="store_true", help="probe the heartbeat and exit")
+    worker.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    worker.set_defaults(run=_worker)
+
+    apply = sub.add_parser(
+        "apply",
+        help="publish a YAML/JSON file of limits (and deletions)",
+        description="Validate every item of FILE first (a bad item is reported with its "
+        "line and nothing is sent), then publish the changes on the config stream in "
+        "pipelined batches. Items: {key, requests, window_ms[, algorithm][, burst]} or "
+        "{key, delete: true}.",
+    )
+    apply.add_argument("file", metavar="FILE")
+    apply.add_argument("--wait", action="store_true", help="wait until all are applied")
+    apply.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S", help="--wait limit (default 120)"
+    )
+    apply.add_argument("--batch", type=int, default=1000, metavar="N", help="per round trip")
+    apply.add_argument("--actor", default="cli:apply", help="recorded in the audit trail")
+    apply.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    apply.set_defaults(run=_apply)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of config stream events (docs/)")
+    schema.set_defaults(run=_schema)
+
+    dead = sub.add_parser("dead-letters", help="list or replay dead-lettered config entries")
+    dead_sub = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dead_list = dead_sub.add_parser("list", help="print dead letters as JSON lines")
+    dead_list.add_argument("--count", type=int, default=100, metavar="N")
+    dead_list.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    dead_list.set_defaults(run=_dead_list)
+    dead_replay = dead_sub.add_parser(
+        "replay", help="publish dead letters again as new config entries"
+    )
+    dead_replay.add_argument("ids", nargs="*", metavar="ID", help="dead-letter entry ids")
+    dead_replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    dead_replay.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    dead_replay.set_defaults(run=_dead_replay)
     return parser
 
 

@@ -14,11 +14,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.embedded import free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["RedisProcess", "docker_answers", "server_binary", "session_redis_url"]
 
@@ -73,9 +76,10 @@ class RedisProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"{self.binary} exited at start"
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
-            ) as sock:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock,
+            ):
                 sock.sendall(b"PING\r\n")
                 reply = sock.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):

@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from core.embedded import free_port
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["ServiceProcess"]
 

@@ -1,0 +1,84 @@
+"""Limit-change notifications for clients: Server-Sent Events and a WebSocket."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+from litestar import Request, WebSocket, get, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromQuery
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+    from api.services import Services
+
+__all__ = ["NOTIFICATION_ROUTES"]
+
+_encoder = msgspec.json.Encoder()
+_KEEPALIVE_S = 15.0
+
+Prefix = FromQuery[str]
+
+
+@get(
+    "/notifications",
+    tags=["notifications"],
+    summary="Limit changes as Server-Sent Events",
+    media_type="text/event-stream",
+)
+async def notifications_sse(
+    request: Request[Any, Any, Any], prefix: Prefix = ""
+) -> ServerSentEvent:
+    """One `limit_changed` event per applied change to a key starting with `prefix`.
+
+    Try `curl -N http://localhost:8080/notifications?prefix=free:`. A comment line is sent
+    every 15 s to keep proxies from closing an idle stream.
+    """
+    services: Services = request.app.state.services
+
+    async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
+        async with services.hub.listen(prefix) as notes:
+            yield ServerSentEventMessage(
+                event="subscribed", data=_encoder.encode({"prefix": prefix}).decode()
+            )
+            while True:
+                note = None
+                with anyio.move_on_after(_KEEPALIVE_S):
+                    note = await notes.receive()
+                if note is None:
+                    yield ServerSentEventMessage(comment="keep-alive")
+                    continue
+                yield ServerSentEventMessage(
+                    data=_encoder.encode(note).decode(), event="limit_changed", id=note.event_id
+                )
+
+    return ServerSentEvent(events())
+
+
+@websocket("/notifications/ws")
+async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = "") -> None:
+    """The same notifications as JSON text messages on a WebSocket."""
+    services: Services = socket.app.state.services
+    await socket.accept()
+    async with services.hub.listen(prefix) as notes, anyio.create_task_group() as tg:
+
+        async def until_closed() -> None:
+            # Reading is how a WebSocket learns that the client went away.
+            with suppress(WebSocketDisconnect):
+                while True:
+                    await socket.receive_data(mode="text")
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(until_closed)
+        with suppress(WebSocketDisconnect):
+            async for note in notes:
+                await socket.send_text(_encoder.encode(note).decode())
+        tg.cancel_scope.cancel()
+
+
+NOTIFICATION_ROUTES = [notifications_sse, notifications_ws]

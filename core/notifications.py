@@ -1,0 +1,95 @@
+"""Limit-change notifications: one Pub/Sub subscription per process, fanned out.
+
+The hub resolves the waits of this process's own config changes (read-your-writes) and
+feeds every listener (SSE and WebSocket clients), each through a small bounded buffer: a
+listener too slow to keep up loses notifications rather than slowing anybody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+
+from core.redis_client import UNAVAILABLE_ERRORS
+from schemas.events import LimitChanged
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from redis.asyncio import Redis
+
+__all__ = ["NotificationHub"]
+
+_log = logging.getLogger("throttler.notifications")
+_decoder = msgspec.json.Decoder(LimitChanged)
+
+
+class NotificationHub:
+    def __init__(self, redis: Redis, channel: str, buffer: int = 256) -> None:
+        self._redis = redis
+        self.channel = channel
+        self._buffer = buffer
+        self._waiters: dict[str, asyncio.Future[LimitChanged]] = {}
+        self._listeners: dict[MemoryObjectSendStream[LimitChanged], str] = {}
+        self.subscribed = anyio.Event()
+
+    def expect(self, request_id: str) -> asyncio.Future[LimitChanged]:
+        """A future resolved by the notification carrying ``request_id``."""
+        future: asyncio.Future[LimitChanged] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = future
+        future.add_done_callback(lambda _: self._waiters.pop(request_id, None))
+        return future
+
+    @asynccontextmanager
+    async def listen(
+        self, prefix: str = ""
+    ) -> AsyncIterator[MemoryObjectReceiveStream[LimitChanged]]:
+        """Notifications for keys starting with ``prefix``, while the context is open."""
+        send, receive = anyio.create_memory_object_stream[LimitChanged](self._buffer)
+        self._listeners[send] = prefix
+        try:
+            yield receive
+        finally:
+            self._listeners.pop(send, None)
+            send.close()
+            receive.close()
+
+    def dispatch(self, note: LimitChanged) -> None:
+        future = self._waiters.get(note.request_id) if note.request_id else None
+        if future is not None and not future.done():
+            future.set_result(note)
+        for send, prefix in list(self._listeners.items()):
+            if note.key.startswith(prefix):
+                with suppress(
+                    anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
+                ):
+                    send.send_nowait(note)
+
+    async def run(self) -> None:
+        """Subscribe and dispatch until cancelled; resubscribe after a lost connection."""
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.subscribed.set()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        self.dispatch(_decoder.decode(message["data"]))
+                    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                        _log.warning("ignored a malformed notification: %s", exc)
+            except UNAVAILABLE_ERRORS as exc:
+                self.subscribed = anyio.Event()
+                _log.warning("notification subscription lost (%s); retrying", exc)
+                await anyio.sleep(0.5)
+            finally:
+                with anyio.CancelScope(shield=True), suppress(*UNAVAILABLE_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,82 @@
+"""``throttler worker``: run the consumer groups; ``--check`` probes a running one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
+
+import anyio
+
+from core.keys import KeySpace
+from core.redis_client import UNAVAILABLE_ERRORS, connect
+from core.streams import APPLIERS
+from workers.heartbeat import is_alive
+from workers.runner import Worker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from api.services import Services
+    from core.settings import Settings
+    from core.telemetry import Telemetry
+
+__all__ = ["check_worker", "in_process_worker", "run_worker"]
+
+_log = logging.getLogger("throttler.worker")
+
+
+async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) -> int:
+    """Run until SIGTERM/SIGINT; the batch in hand is finished and acked before exit."""
+    redis = connect(settings)
+    worker = Worker(redis, KeySpace(settings.key_prefix), settings, consumer, telemetry)
+    async with anyio.create_task_group() as tg:
+
+        async def on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    _log.info("received %s: finishing the current batch", signum.name)
+                    worker.stop()
+                    return
+
+        tg.start_soon(on_signal)
+        await worker.run()
+        tg.cancel_scope.cancel()
+    await redis.aclose()
+    return 0
+
+
+async def check_worker(settings: Settings, consumer: str | None) -> int:
+    """0 when the worker's heartbeat is alive (or any on this host), else 1."""
+    redis = connect(settings)
+    try:
+        alive = await is_alive(redis, KeySpace(settings.key_prefix), APPLIERS, consumer)
+    except UNAVAILABLE_ERRORS as exc:
+        print(f"redis unavailable: {exc}")
+        return 1
+    finally:
+        await redis.aclose()
+    if alive:
+        print("alive: " + " ".join(alive))
+        return 0
+    print("no live worker heartbeat")
+    return 1
+
+
+@asynccontextmanager
+async def in_process_worker(services: Services) -> AsyncIterator[None]:
+    """The worker of ``throttler serve``: runs in the API's event loop for its lifetime."""
+    worker = Worker(services.redis, services.keys, services.settings, telemetry=services.telemetry)
+    task = asyncio.create_task(worker.run(), name="worker")
+    try:
+        yield
+    finally:
+        worker.stop()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except TimeoutError:
+            _log.warning("in-process worker did not stop in 10 s; cancelled")
+        with suppress(asyncio.CancelledError):
+            await task

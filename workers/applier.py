@@ -1,0 +1,246 @@
+"""Apply a batch of config entries: decode, apply in order, announce, ack + audit.
+
+Per batch: one pipelined round trip applies every valid entry (idempotent, ordered by entry
+id, see ``core/lua/apply.lua``); one more publishes the notifications and runs ``finish``
+for each entry, which acks it and appends its audit record atomically. An entry is acked
+only after all of that; an entry whose apply failed stays pending and is retried (see
+:mod:`workers.recovery`). Invalid entries go to the dead-letter stream at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from core.redis_client import unavailable
+from core.scripts import FINISH
+from core.streams import APPLIERS, EVENT_FIELD, encode, now_ms
+from core.telemetry import Telemetry, context_from
+from schemas.events import (
+    AuditEvent,
+    AuditResult,
+    ConfigEvent,
+    DeadLetter,
+    LimitChanged,
+    SetLimit,
+    config_event_decoder,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from core.config_store import ApplyResult, ConfigStore
+    from core.keys import KeySpace
+
+__all__ = ["Applier", "Entry"]
+
+_log = logging.getLogger("throttler.worker")
+
+#: (entry id, fields) as redis-py returns stream entries
+Entry = tuple[bytes | str, dict[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    entry_id: str
+    stream: str
+    record: bytes
+    notification: bytes | None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(fields: dict[bytes, bytes]) -> dict[str, str]:
+    return {_text(k): v.decode(errors="replace") for k, v in fields.items()}
+
+
+def _tag(event: ConfigEvent) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+def _audit_result(outcome: str) -> AuditResult:
+    if outcome == "duplicate":
+        # Same version already in place, yet the entry was still pending: an earlier
+        # delivery applied it and died before its ack (ack and audit are one atomic step).
+        return "redelivered"
+    return outcome  # type: ignore[return-value]
+
+
+class Applier:
+    """Applies config entries for one consumer of the ``appliers`` group."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: KeySpace,
+        store: ConfigStore,
+        consumer: str,
+        *,
+        maxlen: int,
+        max_deliveries: int,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._store = store
+        self.consumer = consumer
+        self._maxlen = maxlen
+        self._max_deliveries = max_deliveries
+        self._tracer = (telemetry or Telemetry()).tracer
+        self.applied = 0
+
+    async def handle(self, entries: list[Entry], deliveries: dict[str, int] | None = None) -> int:
+        """Process one batch; returns how many entries were finished (acked)."""
+        done: list[_Done] = []
+        valid: list[tuple[str, ConfigEvent, trace.Span]] = []
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            count = (deliveries or {}).get(entry_id, 1)
+            if count > self._max_deliveries:
+                done.append(self._dead(entry_id, fields, f"delivered {count} times", count))
+                continue
+            try:
+                event = config_event_decoder.decode(fields[EVENT_FIELD.encode()])
+            except KeyError:
+                done.append(self._dead(entry_id, fields, "no 'event' field", count))
+                continue
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                done.append(self._dead(entry_id, fields, f"invalid event: {exc}", count))
+                continue
+            span = self._tracer.start_span(
+                f"process {self._keys.config_stream}",
+                context=context_from(event.traceparent),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "redis",
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": self._keys.config_stream,
+                    "messaging.consumer.group.name": APPLIERS,
+                    "messaging.message.id": entry_id,
+                    "throttler.event.type": _tag(event),
+                },
+            )
+            valid.append((entry_id, event, span))
+        if valid:
+            done.extend(await self._apply(valid))
+        if done:
+            await self._finish(done)
+        return len(done)
+
+    async def _apply(self, valid: list[tuple[str, ConfigEvent, trace.Span]]) -> list[_Done]:
+        changes = [
+            (e.key, e.limit if isinstance(e, SetLimit) else None, entry_id)
+            for entry_id, e, _ in valid
+        ]
+        spans = [
+            self._tracer.start_span(
+                "apply limit change",
+                context=trace.set_span_in_context(span),
+                attributes={"throttler.operation": "set" if changes[i][1] else "delete"},
+            )
+            for i, (_, _, span) in enumerate(valid)
+        ]
+        try:
+            results = await self._store.apply_many(changes)
+        except Exception as exc:
+            for span in (*spans, *(s for _, _, s in valid)):
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, "apply failed"))
+                span.end()
+            raise
+        done = []
+        for (entry_id, event, span), apply_span, result in zip(valid, spans, results, strict=True):
+            if isinstance(result, Exception):
+                # Left pending: redelivered after WORKER_CLAIM_IDLE_MS, dead-lettered after
+                # WORKER_MAX_DELIVERIES attempts.
+                _log.error("apply of %s failed: %s", entry_id, result)
+                for s in (apply_span, span):
+                    s.record_exception(result)
+                    s.set_status(Status(StatusCode.ERROR, str(result)))
+                    s.end()
+                continue
+            apply_span.set_attribute("throttler.result", result.outcome)
+            apply_span.end()
+            done.append(self._applied(entry_id, event, result, apply_span))
+            span.end()
+        return done
+
+    def _applied(
+        self, entry_id: str, event: ConfigEvent, result: ApplyResult, span: trace.Span
+    ) -> _Done:
+        after = event.limit if isinstance(event, SetLimit) else None
+        outcome = _audit_result(result.outcome)
+        if outcome == "stale":
+            after = None
+        ctx = span.get_span_context()
+        traceparent = (
+            f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+            if ctx.is_valid
+            else event.traceparent
+        )
+        at = now_ms()
+        audit = AuditEvent(
+            config_id=entry_id,
+            type=_tag(event),
+            key=event.key,
+            result=outcome,
+            before=result.before,
+            after=after,
+            actor=event.actor,
+            request_id=event.request_id,
+            submitted_at_ms=event.submitted_at_ms,
+            applied_at_ms=at,
+            worker=self.consumer,
+            traceparent=traceparent,
+        )
+        note = LimitChanged(
+            event_id=entry_id,
+            key=event.key,
+            result=outcome,
+            limit=after,
+            before=result.before,
+            request_id=event.request_id,
+            applied_at_ms=at,
+        )
+        return _Done(entry_id, self._keys.audit_stream, encode(audit), encode(note))
+
+    def _dead(self, entry_id: str, fields: dict[bytes, bytes], reason: str, count: int) -> _Done:
+        _log.warning("dead-lettering config entry %s: %s", entry_id, reason)
+        letter = DeadLetter(
+            config_id=entry_id,
+            reason=reason,
+            fields=_fields(fields),
+            deliveries=count,
+            dead_at_ms=now_ms(),
+            worker=self.consumer,
+        )
+        return _Done(entry_id, self._keys.dead_stream, encode(letter), None)
+
+    async def _finish(self, done: list[_Done]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for item in done:
+            if item.notification is not None:
+                pipe.publish(self._keys.notify_channel, item.notification)
+        calls = [
+            (
+                [self._keys.config_stream, item.stream],
+                [APPLIERS, item.entry_id, self._maxlen, EVENT_FIELD, item.record],
+            )
+            for item in done
+        ]
+        if len(pipe):
+            await unavailable(pipe.execute, "publish")
+        replies = await unavailable(lambda: FINISH.run_many(self._redis, calls), "finish")
+        for item, reply in zip(done, replies, strict=True):
+            if isinstance(reply, Exception):
+                _log.error("finish of %s failed: %s", item.entry_id, reply)
+            elif reply is not None:
+                self.applied += 1

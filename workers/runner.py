@@ -1,0 +1,153 @@
+"""Run the consumer groups of one worker until told to stop.
+
+Loops: *consume* (XREADGROUP the config stream in batches), *reclaim* (XAUTOCLAIM on start
+and every ``WORKER_CLAIM_INTERVAL_MS``), *audit* (the audit stream) and *heartbeat*.
+Stopping (SIGTERM) stops reading; the batch in hand is finished and acked first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from core.config_store import ConfigStore
+from core.errors import RedisUnavailableError
+from core.redis_client import UNAVAILABLE_ERRORS
+from core.streams import APPLIERS, AUDITORS, ensure_group
+from workers.applier import Applier, Entry
+from workers.audit import Auditor
+from workers.heartbeat import Heartbeat, default_consumer_name
+from workers.recovery import Reclaimer
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from redis.asyncio import Redis
+
+    from core.keys import KeySpace
+    from core.settings import Settings
+    from core.telemetry import Telemetry
+
+__all__ = ["Worker"]
+
+_log = logging.getLogger("throttler.worker")
+_RETRYABLE: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, RedisUnavailableError)
+
+
+@dataclass
+class Worker:
+    redis: Redis
+    keys: KeySpace
+    settings: Settings
+    consumer: str = ""
+    telemetry: Telemetry | None = None
+    audit: bool = True
+
+    def __post_init__(self) -> None:
+        self.consumer = self.consumer or default_consumer_name()
+        s = self.settings
+        self.applier = Applier(
+            self.redis,
+            self.keys,
+            ConfigStore(self.redis, self.keys, s.tombstone_ttl_ms),
+            self.consumer,
+            maxlen=s.stream_maxlen,
+            max_deliveries=s.worker_max_deliveries,
+            telemetry=self.telemetry,
+        )
+        self.reclaimer = Reclaimer(
+            self.redis,
+            self.keys,
+            self.applier,
+            idle_ms=s.worker_claim_idle_ms,
+            batch=s.worker_batch,
+        )
+        self.auditor = Auditor(self.redis, self.keys, self.consumer, self.telemetry)
+        self.heartbeat = Heartbeat(
+            self.redis, self.keys, APPLIERS, self.consumer, s.worker_heartbeat_ttl_ms
+        )
+        self.stopping = anyio.Event()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; returns once the batch in hand is finished."""
+        await self._until_ready()
+        _log.info("worker %s started", self.consumer)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._loop, "consume", self._consume_once, 0.0)
+                tg.start_soon(
+                    self._loop,
+                    "reclaim",
+                    self.reclaimer.run_once,
+                    self.settings.worker_claim_interval_ms / 1000,
+                )
+                tg.start_soon(self._loop, "heartbeat", self._beat, self.heartbeat.interval_s)
+                if self.audit:
+                    tg.start_soon(self._loop, "audit", self._audit_once, 0.0)
+        finally:
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(2),
+                contextlib.suppress(*_RETRYABLE),
+            ):
+                await self.heartbeat.stop()
+            _log.info("worker %s stopped (%d applied)", self.consumer, self.applier.applied)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _until_ready(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await ensure_group(self.redis, self.keys.config_stream, APPLIERS)
+                await ensure_group(self.redis, self.keys.audit_stream, AUDITORS)
+                return
+            except _RETRYABLE as exc:
+                _log.warning("worker waiting for redis: %s", exc)
+                with anyio.move_on_after(1):
+                    await self.stopping.wait()
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[int]], pause_s: float) -> None:
+        while not self.stopping.is_set():
+            try:
+                await step()
+            except _RETRYABLE as exc:
+                _log.warning("%s: redis unavailable: %s", name, exc)
+                pause_s = max(pause_s, 0.5)
+            except Exception:
+                _log.exception("%s step failed", name)
+                pause_s = max(pause_s, 0.5)
+            if pause_s:
+                with anyio.move_on_after(pause_s):
+                    await self.stopping.wait()
+
+    async def _read(self, stream: str, group: str) -> list[Entry]:
+        reply: Any = await self.redis.xreadgroup(
+            group,
+            self.consumer,
+            {stream: ">"},
+            count=self.settings.worker_batch,
+            block=self.settings.worker_block_ms,
+        )
+        if not reply:
+            return []
+        if isinstance(reply, dict):  # RESP3
+            return [e for entries in reply.values() for e in entries[0]]
+        return [e for _, entries in reply for e in entries]
+
+    async def _consume_once(self) -> int:
+        entries = await self._read(self.keys.config_stream, APPLIERS)
+        # Even when asked to stop meanwhile, entries read are finished before returning.
+        return await self.applier.handle(entries) if entries else 0
+
+    async def _audit_once(self) -> int:
+        entries = await self._read(self.keys.audit_stream, AUDITORS)
+        return await self.auditor.handle(entries) if entries else 0
+
+    async def _beat(self) -> int:
+        await self.heartbeat.beat(self.applier.applied)
+        return 0
