@@ -1,0 +1,102 @@
+"""Prometheus metrics (prometheus-client). Labels are bounded: never a rate-limit key.
+
+Every metric of the service is defined here, so the ops kit (``otel/``) and its tests can
+check each PromQL expression against this list.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+
+class Metrics:
+    """One set of metrics on one registry (tests pass their own registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.checks = Counter(
+            "throttler_checks",
+            "Rate-limit checks by algorithm and decision (allowed, denied, degraded_allowed, "
+            "degraded_denied, rejected).",
+            ["algorithm", "decision"],
+            registry=r,
+        )
+        self.check_duration = Histogram(
+            "throttler_check_duration_seconds",
+            "Time to decide one check, Redis round trip included.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_duration = Histogram(
+            "throttler_redis_duration_seconds",
+            "Redis calls by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "throttler_redis_errors",
+            "Redis calls that failed (connection, timeout, circuit open) by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "throttler_degraded_decisions",
+            "Checks answered without Redis, by failure policy (open: allowed, closed: 503).",
+            ["policy"],
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "throttler_circuit_open",
+            "1 while the Redis circuit breaker is open (calls fail fast), else 0.",
+            registry=r,
+        )
+        self.config_changes = Counter(
+            "throttler_config_changes",
+            "Config stream entries processed by operation (set, delete, invalid) and result.",
+            ["operation", "result"],
+            registry=r,
+        )
+        self.stream_length = Gauge(
+            "throttler_stream_length", "Entries in a stream.", ["stream"], registry=r
+        )
+        self.stream_pending = Gauge(
+            "throttler_stream_pending",
+            "Entries delivered to a consumer group but not yet acknowledged.",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.stream_lag = Gauge(
+            "throttler_stream_lag",
+            "Entries not yet delivered to a consumer group.",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "throttler_dead_letters", "Entries in the dead-letter stream.", registry=r
+        )
+        self.heartbeat_age = Gauge(
+            "throttler_worker_heartbeat_age_seconds",
+            "Seconds since this process's worker last refreshed its heartbeat.",
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "throttler_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "throttler_http_request_duration_seconds",
+            "HTTP request duration by route template and method.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
