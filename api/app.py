@@ -12,14 +12,18 @@ import anyio
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from opentelemetry.metrics import NoOpMeterProvider
 
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
+from api.observability import ObservedApp, metrics_route, name_server_span, span_details
 from api.routes import ROUTES
 from api.services import Services
 from core.config_store import ConfigStore
 from core.keys import KeySpace
 from core.limiter import Limiter
+from core.metrics import Metrics
 from core.mutations import Mutations
 from core.notifications import NotificationHub
 from core.redis_client import connect, describe
@@ -38,7 +42,7 @@ _log = logging.getLogger("throttler.api")
 Hook = Callable[[Services], AbstractAsyncContextManager[None]]
 
 
-def build_services(settings: Settings, telemetry: Telemetry) -> Services:
+def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -> Services:
     redis = connect(settings)
     keys = KeySpace(settings.key_prefix)
     requests, window_ms = settings.default_limit_rate
@@ -48,9 +52,10 @@ def build_services(settings: Settings, telemetry: Telemetry) -> Services:
         settings=settings,
         keys=keys,
         redis=redis,
-        limiter=Limiter(redis, keys, default),
+        limiter=Limiter(redis, keys, default, metrics),
         config=ConfigStore(redis, keys, settings.tombstone_ttl_ms),
         hub=hub,
+        metrics=metrics,
         mutations=Mutations(
             redis,
             keys,
@@ -64,15 +69,24 @@ def build_services(settings: Settings, telemetry: Telemetry) -> Services:
 
 
 def create_app(
-    settings: Settings, hooks: tuple[Hook, ...] = (), telemetry: Telemetry | None = None
+    settings: Settings,
+    hooks: tuple[Hook, ...] = (),
+    telemetry: Telemetry | None = None,
+    metrics: Metrics | None = None,
 ) -> Litestar:
-    """The API. ``hooks`` run beside it for its lifetime (the CLI adds the worker)."""
+    """The API. ``hooks`` run beside it for its lifetime (the CLI adds the worker).
+
+    ``telemetry`` (default: nothing exported) and ``metrics`` (default: a registry of its
+    own) are passed in so that tests can read what the app reports.
+    """
     telemetry = telemetry or Telemetry()
+    metrics = metrics or Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings, telemetry)
+        services = build_services(settings, telemetry, metrics)
         app.state.services = services
+        app.state.metrics = metrics
         _log.info("api starting; redis %s", describe(settings))
         hub_task = asyncio.create_task(services.hub.run(), name="notifications")
         with anyio.move_on_after(2):
@@ -89,8 +103,22 @@ def create_app(
                 await hub_task
             await services.redis.aclose()
 
-    return Litestar(
-        route_handlers=[*ROUTES, *NOTIFICATION_ROUTES],
+    plugins = []
+    if telemetry.enabled:
+        plugins.append(
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(
+                    tracer_provider=telemetry.tracer_provider,
+                    meter_provider=NoOpMeterProvider(),
+                    scope_span_details_extractor=span_details,
+                    exclude=["/metrics", "/health", "/ready"],
+                )
+            )
+        )
+    app = Litestar(
+        route_handlers=[*ROUTES, *NOTIFICATION_ROUTES, metrics_route],
+        plugins=plugins,
+        before_request=name_server_span if telemetry.enabled else None,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
@@ -103,3 +131,5 @@ def create_app(
         ),
         logging_config=None,
     )
+    app.asgi_handler = ObservedApp(app.asgi_handler, metrics)
+    return app

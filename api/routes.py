@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -12,7 +13,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_429_TOO_MANY_REQUESTS
 
 from api.headers import rate_limit_headers
-from core.errors import NotFoundError, RedisUnavailableError
+from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
 from core.keys import validate_key
 from core.version import VERSION
 from schemas.http import (
@@ -214,7 +215,16 @@ async def check(
     """
     validate_key(key)
     body = data or _EMPTY_CHECK
-    result = await _services(request).limiter.check(key, body.tokens, body.inline_limit())
+    services = _services(request)
+    metrics = services.metrics
+    started = perf_counter()
+    try:
+        result = await services.limiter.check(key, body.tokens, body.inline_limit())
+    except LimitValidationError:
+        metrics.checks.labels("unknown", "rejected").inc()
+        raise
+    metrics.check_duration.observe(perf_counter() - started)
+    metrics.checks.labels(result.algorithm, "allowed" if result.allowed else "denied").inc()
     headers = rate_limit_headers(result)
     if result.allowed:
         allowed = CheckAllowed(True, result.remaining, result.limit, result.reset_after_ms)

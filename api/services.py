@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from core.metrics import Metrics
 from core.redis_client import unavailable
 from core.telemetry import Telemetry
 
@@ -30,6 +31,7 @@ class Services:
     config: ConfigStore
     hub: NotificationHub
     mutations: Mutations
+    metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def ping(self) -> bool:

@@ -45,21 +45,33 @@ def _idiv(a: int, b: int) -> int:
     return (a - a % b) // b
 
 
+def _micros_for(d: int, rate: float) -> int:
+    """The fewest whole µs whose refill, ``floor(us * rate)``, reaches ``d`` micro-tokens."""
+    us = math.ceil(d / rate)
+    if math.floor(us * rate) < d:
+        return us + 1
+    if us > 0 and math.floor((us - 1) * rate) >= d:
+        return us - 1
+    return us
+
+
 def token_bucket(
     state: TokenBucketState | None, n: int, now: int, requests: int, window_us: int, burst: int
 ) -> tuple[Decision, TokenBucketState | None]:
     cap = burst * MICRO
     rate = requests * MICRO / window_us  # micro-tokens per microsecond
     tokens, t = cap, now
+    held, since = cap, now  # the state as stored: waits count from it
     if state is not None:
-        tokens, t = state
+        held, since = state
+        tokens, t = held, since
         if now > t:
             gained = math.floor((now - t) * rate)
             if tokens + gained >= cap:
                 tokens, t = cap, now
             elif gained > 0:
                 tokens += gained
-                t += math.ceil(gained / rate)
+                t += _micros_for(gained, rate)
         tokens = min(tokens, cap)
     need = n * MICRO
     allowed = need <= tokens
@@ -68,10 +80,13 @@ def token_bucket(
     if allowed:
         if n > 0:
             tokens -= need
+            held, since = tokens, t
             new_state = (tokens, t)
     else:
-        retry = math.ceil((need - tokens) / rate)
-    reset = math.ceil((cap - tokens) / rate)
+        retry = since + _micros_for(need - held, rate) - now
+    reset = 0
+    if tokens < cap:
+        reset = since + _micros_for(cap - held, rate) - now
     return Decision(allowed, burst, _idiv(tokens, MICRO), reset, retry), new_state
 
 

@@ -94,5 +94,5 @@ def parse_bulk_file(path: str | Path) -> list[BulkChange]:
 
 
 def _field_first(message: str) -> str:
-    text, _, where = message.rpartition(" - at `$.")
-    return f"{where.rstrip('`')}: {text}" if where else message
+    text, sep, where = message.rpartition(" - at `$.")
+    return f"{where.rstrip('`')}: {text}" if sep else message

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from core.keys import KeySpace
+    from core.metrics import Metrics
 
 __all__ = ["CheckResult", "Limiter"]
 
@@ -47,12 +48,15 @@ class CheckResult:
 class Limiter:
     """Checks against the limits stored in Redis, falling back to a default limit."""
 
-    __slots__ = ("_default_args", "_keys", "_redis")
+    __slots__ = ("_default_args", "_keys", "_metrics", "_redis")
 
-    def __init__(self, redis: Redis, keys: KeySpace, default: Limit) -> None:
+    def __init__(
+        self, redis: Redis, keys: KeySpace, default: Limit, metrics: Metrics | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._default_args = self._limit_args(default)
+        self._metrics = metrics
 
     @staticmethod
     def _limit_args(limit: Limit) -> list[int]:
@@ -75,7 +79,7 @@ class Limiter:
         ``now_us`` overrides the server clock; only tests pass it.
         """
         keys, args = self.script_args(key, tokens, inline, now_us=now_us)
-        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "check")
+        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "check", self._metrics)
         return self.result(reply, tokens)
 
     @staticmethod
@@ -96,5 +100,5 @@ class Limiter:
         """The key's stored limit and live state; consumes nothing. NotFoundError if none."""
         keys, args = self.script_args(key, 0, None, now_us=now_us)
         args[1] = "p"
-        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "status")
+        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "status", self._metrics)
         return self.result(reply, 0)

@@ -6,9 +6,16 @@ check each PromQL expression against this list.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics"]
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from core.keys import KeySpace
+
+__all__ = ["Metrics", "record_stream_metrics"]
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -100,3 +107,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+
+async def record_stream_metrics(redis: Redis, keys: KeySpace, metrics: Metrics) -> None:
+    """Read stream length, pending, lag and dead letters from Redis into ``metrics``."""
+    from core.streams import APPLIERS, AUDITORS  # noqa: PLC0415 - avoid an import cycle
+
+    for stream, group in ((keys.config_stream, APPLIERS), (keys.audit_stream, AUDITORS)):
+        metrics.stream_length.labels(stream).set(await redis.xlen(stream))
+        groups: Any = await redis.xinfo_groups(stream)
+        for info in groups:
+            name = info["name"]
+            if (name.decode() if isinstance(name, bytes) else name) == group:
+                metrics.stream_pending.labels(stream, group).set(int(info["pending"]))
+                if info.get("lag") is not None:
+                    metrics.stream_lag.labels(stream, group).set(int(info["lag"]))
+    metrics.dead_letters.set(await redis.xlen(keys.dead_stream))

@@ -7,8 +7,12 @@ and a no-op provider makes every span free.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from core.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["telemetry_from_env"]
 
@@ -41,4 +45,14 @@ def telemetry_from_env(default_service: str) -> Telemetry:
         resource = resource.merge(Resource.create({"service.name": name}))
     provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    _instrument_redis(provider)
     return Telemetry(provider)
+
+
+def _instrument_redis(provider: TracerProvider) -> None:
+    """Client spans for every Redis command (redis-py is patched once per process)."""
+    from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: PLC0415
+
+    instrumentor = RedisInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)

@@ -5,6 +5,7 @@ Driver exceptions are translated here, once, into :class:`RedisUnavailableError`
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["UNAVAILABLE_ERRORS", "connect", "unavailable"]
 
+if TYPE_CHECKING:
+    from core.metrics import Metrics
+
 T = TypeVar("T")
 
 #: What counts as "Redis could not answer" (as opposed to a bug or a bad command).
@@ -39,9 +43,11 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def connect(settings: Settings, url: str | None = None) -> Redis:
+def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0) -> Redis:
     """A client for ``url`` (default ``REDIS_URL``) with the configured timeouts.
 
+    ``blocking_ms`` lengthens the read timeout for clients that issue blocking commands
+    (``XREADGROUP ... BLOCK``), which must not time out before the server answers.
     With ``REDIS_CLUSTER=true`` the client is a :class:`RedisCluster`; it offers the same
     commands for everything this project uses, so it is typed as :class:`Redis`.
     """
@@ -50,7 +56,7 @@ def connect(settings: Settings, url: str | None = None) -> Redis:
         raise RedisUnavailableError("REDIS_URL is not set")
     timeout = settings.redis_timeout_ms / 1000
     options: dict[str, Any] = {
-        "socket_timeout": timeout,
+        "socket_timeout": timeout + blocking_ms / 1000,
         "socket_connect_timeout": timeout,
         "max_connections": settings.redis_max_connections,
         "health_check_interval": 0,
@@ -62,12 +68,26 @@ def connect(settings: Settings, url: str | None = None) -> Redis:
     return Redis.from_url(target, retry_on_timeout=False, **options)
 
 
-async def unavailable(call: Callable[[], Awaitable[T]], what: str = "redis") -> T:
-    """Await ``call()``; a connection or timeout error becomes RedisUnavailableError."""
+async def unavailable(
+    call: Callable[[], Awaitable[T]], what: str = "redis", metrics: Metrics | None = None
+) -> T:
+    """Await ``call()``; a connection or timeout error becomes RedisUnavailableError.
+
+    With ``metrics``, the call's duration and failures are recorded under ``what``.
+    """
+    if metrics is None:
+        try:
+            return await call()
+        except UNAVAILABLE_ERRORS as exc:
+            raise RedisUnavailableError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    started = time.perf_counter()
     try:
         return await call()
     except UNAVAILABLE_ERRORS as exc:
+        metrics.redis_errors.labels(what).inc()
         raise RedisUnavailableError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        metrics.redis_duration.labels(what).observe(time.perf_counter() - started)
 
 
 def describe(settings: Settings) -> str:

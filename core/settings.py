@@ -58,6 +58,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     worker_max_deliveries: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     worker_heartbeat_ttl_ms: Annotated[int, msgspec.Meta(ge=1000)] = 15_000
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    worker_metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.key_prefix):

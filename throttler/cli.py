@@ -84,10 +84,12 @@ def build_app(
 
 def app_factory() -> Litestar:
     """Build the app inside a server process (uvicorn calls this, once per worker)."""
+    from core.otel_setup import telemetry_from_env  # noqa: PLC0415
+
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     worker = os.environ.get(_SERVE_WORKER, "1") == "1"
-    return build_app(settings, worker=worker)
+    return build_app(settings, worker=worker, telemetry=telemetry_from_env("throttler"))
 
 
 def _serve(args: argparse.Namespace) -> int:

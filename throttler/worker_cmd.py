@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING
 
 import anyio
+from prometheus_client import start_http_server
 
 from core.keys import KeySpace
+from core.metrics import Metrics
 from core.redis_client import UNAVAILABLE_ERRORS, connect
 from core.streams import APPLIERS
 from workers.heartbeat import is_alive
@@ -31,7 +33,19 @@ _log = logging.getLogger("throttler.worker")
 async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) -> int:
     """Run until SIGTERM/SIGINT; the batch in hand is finished and acked before exit."""
     redis = connect(settings)
-    worker = Worker(redis, KeySpace(settings.key_prefix), settings, consumer, telemetry)
+    metrics = Metrics()
+    if settings.worker_metrics_port:
+        start_http_server(
+            settings.worker_metrics_port, settings.worker_metrics_host, metrics.registry
+        )
+        _log.info(
+            "worker metrics on http://%s:%d/metrics",
+            settings.worker_metrics_host,
+            settings.worker_metrics_port,
+        )
+    worker = Worker(
+        redis, KeySpace(settings.key_prefix), settings, consumer, telemetry, metrics=metrics
+    )
     async with anyio.create_task_group() as tg:
 
         async def on_signal() -> None:

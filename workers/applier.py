@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from core.config_store import ApplyResult, ConfigStore
     from core.keys import KeySpace
+    from core.metrics import Metrics
 
 __all__ = ["Applier", "Entry"]
 
@@ -51,6 +52,8 @@ class _Done:
     stream: str
     record: bytes
     notification: bytes | None
+    operation: str = "invalid"
+    result: str = "dead_letter"
 
 
 def _text(value: bytes | str) -> str:
@@ -86,8 +89,10 @@ class Applier:
         maxlen: int,
         max_deliveries: int,
         telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._keys = keys
         self._store = store
         self.consumer = consumer
@@ -210,7 +215,10 @@ class Applier:
             request_id=event.request_id,
             applied_at_ms=at,
         )
-        return _Done(entry_id, self._keys.audit_stream, encode(audit), encode(note))
+        operation = "set" if isinstance(event, SetLimit) else "delete"
+        return _Done(
+            entry_id, self._keys.audit_stream, encode(audit), encode(note), operation, outcome
+        )
 
     def _dead(self, entry_id: str, fields: dict[bytes, bytes], reason: str, count: int) -> _Done:
         _log.warning("dead-lettering config entry %s: %s", entry_id, reason)
@@ -244,3 +252,5 @@ class Applier:
                 _log.error("finish of %s failed: %s", item.entry_id, reply)
             elif reply is not None:
                 self.applied += 1
+                if self._metrics is not None:
+                    self._metrics.config_changes.labels(item.operation, item.result).inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,8 @@ import anyio
 
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
-from core.redis_client import UNAVAILABLE_ERRORS
+from core.metrics import record_stream_metrics
+from core.redis_client import UNAVAILABLE_ERRORS, connect
 from core.streams import APPLIERS, AUDITORS, ensure_group
 from workers.applier import Applier, Entry
 from workers.audit import Auditor
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from core.keys import KeySpace
+    from core.metrics import Metrics
     from core.settings import Settings
     from core.telemetry import Telemetry
 
@@ -45,6 +48,7 @@ class Worker:
     settings: Settings
     consumer: str = ""
     telemetry: Telemetry | None = None
+    metrics: Metrics | None = None
     audit: bool = True
 
     def __post_init__(self) -> None:
@@ -58,6 +62,7 @@ class Worker:
             maxlen=s.stream_maxlen,
             max_deliveries=s.worker_max_deliveries,
             telemetry=self.telemetry,
+            metrics=self.metrics,
         )
         self.reclaimer = Reclaimer(
             self.redis,
@@ -71,6 +76,11 @@ class Worker:
             self.redis, self.keys, APPLIERS, self.consumer, s.worker_heartbeat_ttl_ms
         )
         self.stopping = anyio.Event()
+        # Blocking reads get a client of their own, whose read timeout outlasts the BLOCK.
+        self.reader = connect(self.settings, blocking_ms=s.worker_block_ms)
+        self._last_beat = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.heartbeat_age.set_function(lambda: time.monotonic() - self._last_beat)
 
     async def run(self) -> None:
         """Run until :meth:`stop`; returns once the batch in hand is finished."""
@@ -95,6 +105,8 @@ class Worker:
                 contextlib.suppress(*_RETRYABLE),
             ):
                 await self.heartbeat.stop()
+            with anyio.CancelScope(shield=True):
+                await self.reader.aclose()
             _log.info("worker %s stopped (%d applied)", self.consumer, self.applier.applied)
 
     def stop(self) -> None:
@@ -126,7 +138,7 @@ class Worker:
                     await self.stopping.wait()
 
     async def _read(self, stream: str, group: str) -> list[Entry]:
-        reply: Any = await self.redis.xreadgroup(
+        reply: Any = await self.reader.xreadgroup(
             group,
             self.consumer,
             {stream: ">"},
@@ -150,4 +162,7 @@ class Worker:
 
     async def _beat(self) -> int:
         await self.heartbeat.beat(self.applier.applied)
+        self._last_beat = time.monotonic()
+        if self.metrics is not None:
+            await record_stream_metrics(self.redis, self.keys, self.metrics)
         return 0

@@ -5,6 +5,7 @@ local n = tonumber(ARGV[1])
 local mode = ARGV[2]
 local cfg = redis.call('HMGET', KEYS[1], 'alg', 'req', 'win', 'burst', 'del')
 local alg, req, win, burst
+local create = false
 if cfg[1] and cfg[5] ~= '1' then
   alg, req, win, burst = NAMES[cfg[1]], tonumber(cfg[2]), tonumber(cfg[3]), tonumber(cfg[4]) or 0
 elseif mode == 'p' then
@@ -12,19 +13,7 @@ elseif mode == 'p' then
 else
   alg, req, win, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
     tonumber(ARGV[7])
-  if mode == 'i' then
-    local names = {'token_bucket', 'sliding_window', 'fixed_window', 'gcra'}
-    local stored_burst = burst
-    if burst == 0 then
-      stored_burst = ''
-    end
-    redis.call('HSET', KEYS[1], 'alg', names[alg], 'req', req, 'win', win, 'burst', stored_burst)
-    redis.call('HDEL', KEYS[1], 'del')
-    redis.call('PERSIST', KEYS[1])
-    if alg ~= 1 then
-      redis.call('DEL', KEYS[2])                -- the default limit's bucket does not carry over
-    end
-  end
+  create = mode == 'i'
 end
 
 local capacity = req
@@ -38,6 +27,23 @@ else
 end
 if n > capacity then
   return {-1, capacity, 0, 0, 0, 0, alg, req, win, burst}
+end
+
+if create then
+  -- An inline limit in a check creates the key's limit when it has none. It never
+  -- replaces a stored limit and keeps a tombstone's version, so any change published on
+  -- the config stream later still supersedes it.
+  local names = {'token_bucket', 'sliding_window', 'fixed_window', 'gcra'}
+  local stored_burst = burst
+  if burst == 0 then
+    stored_burst = ''
+  end
+  redis.call('HSET', KEYS[1], 'alg', names[alg], 'req', req, 'win', win, 'burst', stored_burst)
+  redis.call('HDEL', KEYS[1], 'del')
+  redis.call('PERSIST', KEYS[1])
+  if alg ~= 1 then
+    redis.call('DEL', KEYS[2])                 -- the default limit's bucket does not carry over
+  end
 end
 
 local allowed, limit, remaining, reset, retry, now =

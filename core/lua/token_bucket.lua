@@ -2,21 +2,39 @@
 -- State (string "tokens:t"): tokens in micro-tokens (integer), t = the time (us) up to which
 -- refill has been credited. Refill credits whole micro-tokens and advances t only by the
 -- time those micro-tokens took, so slow rates under frequent checks still refill.
+-- Waits count from the state as stored, so they are exact to the microsecond: waiting
+-- retry_after (reset_after) succeeds, one microsecond less does not.
+
+-- The fewest whole microseconds whose refill, floor(us * rate) as computed below, reaches
+-- d micro-tokens: ceil(d / rate), corrected by one where that division rounded.
+local function micros_for(d, rate)
+  local us = math.ceil(d / rate)
+  if math.floor(us * rate) < d then
+    return us + 1
+  end
+  if us > 0 and math.floor((us - 1) * rate) >= d then
+    return us - 1
+  end
+  return us
+end
+
 local function token_bucket(st, n, now, req, win_us, burst)
   local cap = burst * MICRO
   local rate = req * MICRO / win_us            -- micro-tokens per microsecond
   local tokens, t = cap, now
+  local held, since = cap, now                 -- the state as stored: waits count from it
   local raw = redis.call('GET', st)
   if raw then
     local a, b = string.match(raw, '^(%d+):(%d+)$')
-    tokens, t = tonumber(a), tonumber(b)
+    held, since = tonumber(a), tonumber(b)
+    tokens, t = held, since
     if now > t then
       local gained = math.floor((now - t) * rate)
       if tokens + gained >= cap then
         tokens, t = cap, now
       elseif gained > 0 then
         tokens = tokens + gained
-        t = t + math.ceil(gained / rate)
+        t = t + micros_for(gained, rate)
       end
     end
     if tokens > cap then
@@ -29,12 +47,17 @@ local function token_bucket(st, n, now, req, win_us, burst)
   if allowed then
     if n > 0 then
       tokens = tokens - need
-      local ttl = ceil_ms((cap - tokens) / rate) + 1000
-      redis.call('SET', st, string.format('%d:%d', tokens, t), 'PX', ttl)
+      held, since = tokens, t
     end
   else
-    retry = math.ceil((need - tokens) / rate)
+    retry = since + micros_for(need - held, rate) - now
   end
-  local reset = math.ceil((cap - tokens) / rate)
+  local reset = 0
+  if tokens < cap then
+    reset = since + micros_for(cap - held, rate) - now
+  end
+  if allowed and n > 0 then
+    redis.call('SET', st, string.format('%d:%d', tokens, t), 'PX', ceil_ms(reset) + 1000)
+  end
   return allowed, burst, idiv(tokens, MICRO), reset, retry, now
 end
