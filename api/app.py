@@ -15,11 +15,13 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.metrics import NoOpMeterProvider
 
+from api.admin import ADMIN_ROUTES
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
 from api.routes import ROUTES
 from api.services import Services
+from core.breaker import CircuitBreaker
 from core.config_store import ConfigStore
 from core.keys import KeySpace
 from core.limiter import Limiter
@@ -48,11 +50,14 @@ def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -
     requests, window_ms = settings.default_limit_rate
     default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)
     hub = NotificationHub(redis, keys.notify_channel)
+    breaker = CircuitBreaker(
+        settings.breaker_failures, settings.breaker_cooldown_ms / 1000, metrics
+    )
     return Services(
         settings=settings,
         keys=keys,
         redis=redis,
-        limiter=Limiter(redis, keys, default, metrics),
+        limiter=Limiter(redis, keys, default, metrics, breaker),
         config=ConfigStore(redis, keys, settings.tombstone_ttl_ms),
         hub=hub,
         metrics=metrics,
@@ -116,7 +121,7 @@ def create_app(
             )
         )
     app = Litestar(
-        route_handlers=[*ROUTES, *NOTIFICATION_ROUTES, metrics_route],
+        route_handlers=[*ROUTES, *NOTIFICATION_ROUTES, *ADMIN_ROUTES, metrics_route],
         plugins=plugins,
         before_request=name_server_span if telemetry.enabled else None,
         lifespan=[lifespan],

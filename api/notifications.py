@@ -12,6 +12,8 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from api.auth import admin_guard
+
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
@@ -28,6 +30,7 @@ Prefix = FromQuery[str]
 @get(
     "/notifications",
     tags=["notifications"],
+    guards=[admin_guard],
     summary="Limit changes as Server-Sent Events",
     media_type="text/event-stream",
 )
@@ -60,7 +63,7 @@ async def notifications_sse(
     return ServerSentEvent(events())
 
 
-@websocket("/notifications/ws")
+@websocket("/notifications/ws", guards=[admin_guard])
 async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = "") -> None:
     """The same notifications as JSON text messages on a WebSocket."""
     services: Services = socket.app.state.services

@@ -12,6 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_429_TOO_MANY_REQUESTS
 
+from api.auth import admin_guard, check_guard
 from api.headers import rate_limit_headers
 from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
 from core.keys import validate_key
@@ -128,6 +129,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
 @post(
     "/rate-limit/{key:str}",
     tags=["limits"],
+    guards=[admin_guard],
     summary="Create or replace a key's limit",
     status_code=HTTP_201_CREATED,
     responses={
@@ -162,6 +164,7 @@ async def put_limit(
 @get(
     "/rate-limit/{key:str}",
     tags=["limits"],
+    guards=[admin_guard],
     summary="A key's limit and live state",
     responses=_errors(400, 401, 404, 503),
 )
@@ -175,6 +178,7 @@ async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
 @delete(
     "/rate-limit/{key:str}",
     tags=["limits"],
+    guards=[admin_guard],
     summary="Remove a key's limit and state",
     status_code=HTTP_200_OK,
     responses={202: _ACCEPTED, 409: _CONFLICT, **_errors(400, 401, 404, 503)},
@@ -198,6 +202,7 @@ async def delete_limit(
 @post(
     "/rate-limit/{key:str}/check",
     tags=["checks"],
+    guards=[check_guard],
     summary="Check and spend tokens",
     status_code=HTTP_200_OK,
     responses={
@@ -223,6 +228,19 @@ async def check(
     except LimitValidationError:
         metrics.checks.labels("unknown", "rejected").inc()
         raise
+    except RedisUnavailableError:
+        policy = services.settings.failure_policy
+        metrics.degraded.labels(policy).inc()
+        metrics.checks.labels(
+            "unknown", f"degraded_{'allowed' if policy == 'open' else 'denied'}"
+        ).inc()
+        if policy == "closed":
+            raise
+        # Fail open: allow, and say plainly that nothing was enforced.
+        return Response(
+            CheckAllowed(True, 0, 0, 0, enforced=False),
+            headers={"X-RateLimit-Enforced": "false"},
+        )
     metrics.check_duration.observe(perf_counter() - started)
     metrics.checks.labels(result.algorithm, "allowed" if result.allowed else "denied").inc()
     headers = rate_limit_headers(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from core.errors import LimitValidationError, NotFoundError
@@ -13,6 +14,7 @@ from schemas.limits import ALGORITHMS, Algorithm, Limit
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from core.breaker import CircuitBreaker
     from core.keys import KeySpace
     from core.metrics import Metrics
 
@@ -48,15 +50,29 @@ class CheckResult:
 class Limiter:
     """Checks against the limits stored in Redis, falling back to a default limit."""
 
-    __slots__ = ("_default_args", "_keys", "_metrics", "_redis")
+    __slots__ = ("_breaker", "_default_args", "_keys", "_metrics", "_redis")
 
     def __init__(
-        self, redis: Redis, keys: KeySpace, default: Limit, metrics: Metrics | None = None
+        self,
+        redis: Redis,
+        keys: KeySpace,
+        default: Limit,
+        metrics: Metrics | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._default_args = self._limit_args(default)
         self._metrics = metrics
+        self._breaker = breaker
+
+    async def _run(self, keys: list[str], args: list[int | str], what: str) -> list[int]:
+        call = partial(unavailable, partial(CHECK, self._redis, keys, args), what, self._metrics)
+        if self._breaker is None:
+            reply: list[int] = await call()
+        else:
+            reply = await self._breaker.call(call)
+        return reply
 
     @staticmethod
     def _limit_args(limit: Limit) -> list[int]:
@@ -79,7 +95,7 @@ class Limiter:
         ``now_us`` overrides the server clock; only tests pass it.
         """
         keys, args = self.script_args(key, tokens, inline, now_us=now_us)
-        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "check", self._metrics)
+        reply = await self._run(keys, args, "check")
         return self.result(reply, tokens)
 
     @staticmethod
@@ -100,5 +116,5 @@ class Limiter:
         """The key's stored limit and live state; consumes nothing. NotFoundError if none."""
         keys, args = self.script_args(key, 0, None, now_us=now_us)
         args[1] = "p"
-        reply = await unavailable(lambda: CHECK(self._redis, keys, args), "status", self._metrics)
+        reply = await self._run(keys, args, "status")
         return self.result(reply, 0)

@@ -61,11 +61,15 @@ class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
         self.inline_limit()
 
 
-class CheckAllowed(msgspec.Struct):
+class CheckAllowed(msgspec.Struct, omit_defaults=True):
+    """An allowed check. ``enforced`` is present (false) only when Redis could not be asked
+    and ``FAILURE_POLICY=open`` let the request through without a decision."""
+
     allowed: bool
     remaining: int
     limit: int
     reset_after_ms: int
+    enforced: bool = True
 
 
 class CheckDenied(msgspec.Struct):

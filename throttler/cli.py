@@ -100,6 +100,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load({"BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
     configure_logging(settings.log_level, settings.log_format)
     os.environ[_SERVE_WORKER] = "0" if args.no_worker else "1"
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.admin_token:
+        _log.warning(
+            "binding %s without ADMIN_TOKEN: anyone who can reach it can change limits",
+            settings.bind_address,
+        )
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis().start()

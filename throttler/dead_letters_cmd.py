@@ -2,68 +2,50 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from core.dead_letters import list_dead_letters as list_letters
+from core.dead_letters import replay_dead_letters as replay_letters
 from core.keys import KeySpace
 from core.redis_client import connect
-from core.streams import EVENT_FIELD
-from schemas.events import DeadLetter
 
 if TYPE_CHECKING:
     from core.settings import Settings
 
 __all__ = ["list_dead_letters", "replay_dead_letters"]
 
-_decoder = msgspec.json.Decoder(DeadLetter)
 _encoder = msgspec.json.Encoder()
 
 
 async def list_dead_letters(settings: Settings, count: int) -> int:
     """Print one JSON line per dead letter: its id in the dead-letter stream and contents."""
     redis = connect(settings)
-    keys = KeySpace(settings.key_prefix)
     try:
-        rows: Any = await redis.xrange(keys.dead_stream, count=count)
+        letters = await list_letters(redis, KeySpace(settings.key_prefix), count)
     finally:
         await redis.aclose()
-    for raw_id, fields in rows:
-        letter = _decoder.decode(fields[EVENT_FIELD.encode()])
-        entry = {"id": raw_id.decode(), **msgspec.to_builtins(letter)}
-        print(_encoder.encode(entry).decode())
+    for dead_id, letter in letters:
+        print(_encoder.encode({"id": dead_id, **msgspec.to_builtins(letter)}).decode())
     return 0
 
 
 async def replay_dead_letters(settings: Settings, ids: list[str], replay_all: bool) -> int:
-    """Publish dead letters again as new config entries and remove them from the dead stream.
-
-    A replayed change gets a new (newer) entry id, so it applies over anything published
-    meanwhile: replay only what should still win.
-    """
+    """Publish dead letters again as new config entries (see core.dead_letters)."""
     redis = connect(settings)
-    keys = KeySpace(settings.key_prefix)
     try:
-        if replay_all:
-            rows: Any = await redis.xrange(keys.dead_stream)
-        else:
-            rows = []
-            for entry_id in ids:
-                rows += await redis.xrange(keys.dead_stream, min=entry_id, max=entry_id)
-            missing = set(ids) - {r[0].decode() for r in rows}
-            if missing:
-                print(f"not in the dead-letter stream: {' '.join(sorted(missing))}")
-                return 1
-        for raw_id, fields in rows:
-            letter = _decoder.decode(fields[EVENT_FIELD.encode()])
-            new_id: Any = await redis.xadd(
-                keys.config_stream,
-                dict(letter.fields),  # type: ignore[arg-type]
-                maxlen=settings.stream_maxlen,
-                approximate=True,
-            )
-            await redis.xdel(keys.dead_stream, raw_id)
-            print(f"replayed {raw_id.decode()} (was {letter.config_id}) as {new_id.decode()}")
+        done, missing = await replay_letters(
+            redis,
+            KeySpace(settings.key_prefix),
+            None if replay_all else ids,
+            settings.stream_maxlen,
+        )
     finally:
         await redis.aclose()
+    for item in done:
+        print(f"replayed {item.dead_id} (was {item.config_id}) as {item.new_id}")
+    if missing:
+        print(f"not in the dead-letter stream: {' '.join(missing)}")
+        return 1
     return 0

@@ -1,0 +1,75 @@
+"""Admin routes: dead letters (config entries no worker could apply)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, Parameter
+
+from api.auth import admin_guard
+from core.dead_letters import Replayed, list_dead_letters, replay_dead_letters
+from core.errors import NotFoundError
+from schemas.events import DeadLetter
+from schemas.http import ErrorResponse
+
+if TYPE_CHECKING:
+    from api.services import Services
+
+__all__ = ["ADMIN_ROUTES"]
+
+
+class DeadLetterEntry(msgspec.Struct):
+    id: str
+    letter: DeadLetter
+
+
+Count = Annotated[int, Parameter(ge=1, le=10_000, description="How many, oldest first.")]
+
+
+def _services(request: Request[Any, Any, Any]) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+@get(
+    "/dead-letters",
+    tags=["admin"],
+    guards=[admin_guard],
+    summary="List dead letters",
+    responses={401: ResponseSpec(ErrorResponse, description="Missing or wrong token.")},
+)
+async def dead_letters(
+    request: Request[Any, Any, Any], count: FromQuery[Count] = 100
+) -> list[DeadLetterEntry]:
+    """Config entries that could not be applied, with the reason, oldest first."""
+    services = _services(request)
+    rows = await list_dead_letters(services.redis, services.keys, count)
+    return [DeadLetterEntry(dead_id, letter) for dead_id, letter in rows]
+
+
+@post(
+    "/dead-letters/{dead_id:str}/replay",
+    tags=["admin"],
+    guards=[admin_guard],
+    status_code=200,
+    summary="Replay one dead letter",
+    responses={
+        401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
+        404: ResponseSpec(ErrorResponse, description="No such dead letter."),
+    },
+)
+async def replay(request: Request[Any, Any, Any], dead_id: FromPath[str]) -> Replayed:
+    """Publish the entry again as a new config change and remove it from the dead letters."""
+    services = _services(request)
+    done, _ = await replay_dead_letters(
+        services.redis, services.keys, [dead_id], services.settings.stream_maxlen
+    )
+    if not done:
+        raise NotFoundError(f"no dead letter {dead_id}")
+    return done[0]
+
+
+ADMIN_ROUTES = [dead_letters, replay]

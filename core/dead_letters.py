@@ -1,0 +1,73 @@
+"""Dead letters: config entries no worker could apply. List them; replay them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from core.redis_client import unavailable
+from core.streams import EVENT_FIELD
+from schemas.events import DeadLetter
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from core.keys import KeySpace
+
+__all__ = ["Replayed", "list_dead_letters", "replay_dead_letters"]
+
+_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+class Replayed(msgspec.Struct):
+    dead_id: str
+    config_id: str
+    new_id: str
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def list_dead_letters(
+    redis: Redis, keys: KeySpace, count: int = 100
+) -> list[tuple[str, DeadLetter]]:
+    """The oldest ``count`` dead letters as (id in the dead-letter stream, letter)."""
+    rows: Any = await unavailable(lambda: redis.xrange(keys.dead_stream, count=count), "dead")
+    return [(_text(i), _decoder.decode(f[EVENT_FIELD.encode()])) for i, f in rows]
+
+
+async def replay_dead_letters(
+    redis: Redis, keys: KeySpace, ids: list[str] | None, maxlen: int
+) -> tuple[list[Replayed], list[str]]:
+    """Publish dead letters again as new config entries and remove them from the dead stream.
+
+    ``ids`` None replays all. A replayed change gets a new (newer) entry id, so it applies
+    over anything published meanwhile: replay only what should still win. Returns what
+    was replayed and the ids that were not found.
+    """
+    rows: Any
+    if ids is None:
+        rows = await unavailable(lambda: redis.xrange(keys.dead_stream), "dead")
+    else:
+        rows = []
+        for entry_id in ids:
+            rows += await unavailable(
+                lambda e=entry_id: redis.xrange(keys.dead_stream, min=e, max=e),  # type: ignore[misc]
+                "dead",
+            )
+    found = {_text(r[0]) for r in rows}
+    missing = [i for i in (ids or []) if i not in found]
+    done = []
+    for raw_id, fields in rows:
+        letter = _decoder.decode(fields[EVENT_FIELD.encode()])
+        new_id: Any = await unavailable(
+            lambda f=letter.fields: redis.xadd(  # type: ignore[misc]
+                keys.config_stream, dict(f), maxlen=maxlen, approximate=True
+            ),
+            "publish",
+        )
+        await unavailable(lambda r=raw_id: redis.xdel(keys.dead_stream, r), "dead")  # type: ignore[misc]
+        done.append(Replayed(_text(raw_id), letter.config_id, _text(new_id)))
+    return done, missing
