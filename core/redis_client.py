@@ -26,7 +26,7 @@ from core.settings import Settings, redact_url
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-__all__ = ["UNAVAILABLE_ERRORS", "connect", "unavailable"]
+__all__ = ["UNAVAILABLE_ERRORS", "connect", "is_cluster", "unavailable"]
 
 if TYPE_CHECKING:
     from core.metrics import Metrics
@@ -66,6 +66,11 @@ def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0)
         client: Redis = cluster
         return client
     return Redis.from_url(target, retry_on_timeout=False, **options)
+
+
+def is_cluster(client: object) -> bool:
+    """True for a Redis Cluster client (pipelines there refuse scripts and PUBLISH)."""
+    return isinstance(client, RedisCluster)
 
 
 async def unavailable(

@@ -7,12 +7,16 @@ script call whatever the key's algorithm. Scripts are run by SHA; when the serve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections import defaultdict
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
+
+from core.redis_client import is_cluster
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -59,6 +63,8 @@ class Script:
         Each reply is the script's result or the exception it raised. Calls that met
         ``NOSCRIPT`` (the script cache was emptied) are run again, in order, after a load.
         """
+        if is_cluster(client):
+            return await self._per_key(client, calls)
         replies = await self._pipeline(client, calls)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
@@ -66,6 +72,24 @@ class Script:
             again = await self._pipeline(client, [calls[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
+        return replies
+
+    async def _per_key(self, client: Redis, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Cluster pipelines refuse scripts: run calls concurrently, but those on one key
+        in their given order (the apply script's results depend on it)."""
+        replies: list[Any] = [None] * len(calls)
+        chains: dict[str, list[int]] = defaultdict(list)
+        for index, (keys, _) in enumerate(calls):
+            chains[keys[0]].append(index)
+
+        async def run(indices: list[int]) -> None:
+            for i in indices:
+                try:
+                    replies[i] = await self(client, *calls[i])
+                except Exception as exc:
+                    replies[i] = exc
+
+        await asyncio.gather(*(run(chain) for chain in chains.values()))
         return replies
 
     async def _pipeline(self, client: Redis, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:

@@ -9,6 +9,7 @@ only after all of that; an entry whose apply failed stays pending and is retried
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from core.redis_client import unavailable
+from core.redis_client import is_cluster, unavailable
 from core.scripts import FINISH
 from core.streams import APPLIERS, EVENT_FIELD, encode, now_ms
 from core.telemetry import Telemetry, context_from
@@ -61,7 +62,8 @@ def _text(value: bytes | str) -> str:
 
 
 def _fields(fields: dict[bytes, bytes]) -> dict[str, str]:
-    return {_text(k): v.decode(errors="replace") for k, v in fields.items()}
+    # Any producer may write any bytes: a field name that is not UTF-8 must not stop the batch.
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
 
 
 def _tag(event: ConfigEvent) -> str:
@@ -105,6 +107,7 @@ class Applier:
         """Process one batch; returns how many entries were finished (acked)."""
         done: list[_Done] = []
         valid: list[tuple[str, ConfigEvent, trace.Span]] = []
+        last_try: dict[str, tuple[dict[bytes, bytes], int]] = {}
         for raw_id, fields in entries:
             entry_id = _text(raw_id)
             count = (deliveries or {}).get(entry_id, 1)
@@ -134,13 +137,19 @@ class Applier:
                 },
             )
             valid.append((entry_id, event, span))
+            if count >= self._max_deliveries:
+                last_try[entry_id] = (fields, count)
         if valid:
-            done.extend(await self._apply(valid))
+            done.extend(await self._apply(valid, last_try))
         if done:
             await self._finish(done)
         return len(done)
 
-    async def _apply(self, valid: list[tuple[str, ConfigEvent, trace.Span]]) -> list[_Done]:
+    async def _apply(
+        self,
+        valid: list[tuple[str, ConfigEvent, trace.Span]],
+        last_try: dict[str, tuple[dict[bytes, bytes], int]],
+    ) -> list[_Done]:
         changes = [
             (e.key, e.limit if isinstance(e, SetLimit) else None, entry_id)
             for entry_id, e, _ in valid
@@ -164,13 +173,17 @@ class Applier:
         done = []
         for (entry_id, event, span), apply_span, result in zip(valid, spans, results, strict=True):
             if isinstance(result, Exception):
-                # Left pending: redelivered after WORKER_CLAIM_IDLE_MS, dead-lettered after
-                # WORKER_MAX_DELIVERIES attempts.
+                # Left pending: redelivered after WORKER_CLAIM_IDLE_MS; the last of
+                # WORKER_MAX_DELIVERIES attempts dead-letters it with the error.
                 _log.error("apply of %s failed: %s", entry_id, result)
                 for s in (apply_span, span):
                     s.record_exception(result)
                     s.set_status(Status(StatusCode.ERROR, str(result)))
                     s.end()
+                if entry_id in last_try:
+                    fields, count = last_try[entry_id]
+                    reason = f"apply failed on delivery {count} of {self._max_deliveries}: {result}"
+                    done.append(self._dead(entry_id, fields, reason, count))
                 continue
             apply_span.set_attribute("throttler.result", result.outcome)
             apply_span.end()
@@ -232,11 +245,18 @@ class Applier:
         )
         return _Done(entry_id, self._keys.dead_stream, encode(letter), None)
 
-    async def _finish(self, done: list[_Done]) -> None:
+    async def _publish(self, notes: list[bytes]) -> None:
+        channel = self._keys.notify_channel
+        if is_cluster(self._redis):  # cluster pipelines refuse PUBLISH
+            await asyncio.gather(*(self._redis.publish(channel, n) for n in notes))
+            return
         pipe = self._redis.pipeline(transaction=False)
-        for item in done:
-            if item.notification is not None:
-                pipe.publish(self._keys.notify_channel, item.notification)
+        for note in notes:
+            pipe.publish(channel, note)
+        await pipe.execute()
+
+    async def _finish(self, done: list[_Done]) -> None:
+        notes = [item.notification for item in done if item.notification is not None]
         calls = [
             (
                 [self._keys.config_stream, item.stream],
@@ -244,8 +264,8 @@ class Applier:
             )
             for item in done
         ]
-        if len(pipe):
-            await unavailable(pipe.execute, "publish")
+        if notes:
+            await unavailable(lambda: self._publish(notes), "publish")
         replies = await unavailable(lambda: FINISH.run_many(self._redis, calls), "finish")
         for item, reply in zip(done, replies, strict=True):
             if isinstance(reply, Exception):
