@@ -7,6 +7,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from core.errors import LimitValidationError, NotFoundError
+from core.pipelining import AutoPipeline
 from core.redis_client import unavailable
 from core.scripts import CHECK
 from schemas.limits import ALGORITHMS, Algorithm, Limit
@@ -50,7 +51,7 @@ class CheckResult:
 class Limiter:
     """Checks against the limits stored in Redis, falling back to a default limit."""
 
-    __slots__ = ("_breaker", "_default_args", "_keys", "_metrics", "_redis")
+    __slots__ = ("_breaker", "_default_args", "_keys", "_metrics", "_pipeline", "_redis")
 
     def __init__(
         self,
@@ -65,9 +66,15 @@ class Limiter:
         self._default_args = self._limit_args(default)
         self._metrics = metrics
         self._breaker = breaker
+        self._pipeline = AutoPipeline(redis, CHECK)
+
+    @property
+    def round_trips(self) -> int:
+        """Pipelined round trips made so far (fewer than checks under concurrency)."""
+        return self._pipeline.round_trips
 
     async def _run(self, keys: list[str], args: list[int | str], what: str) -> list[int]:
-        call = partial(unavailable, partial(CHECK, self._redis, keys, args), what, self._metrics)
+        call = partial(unavailable, partial(self._pipeline.call, keys, args), what, self._metrics)
         if self._breaker is None:
             reply: list[int] = await call()
         else:
