@@ -16,6 +16,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from opentelemetry.metrics import NoOpMeterProvider
 
 from api.admin import ADMIN_ROUTES
+from api.batch import BATCH_ROUTES
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
@@ -121,7 +122,13 @@ def create_app(
             )
         )
     app = Litestar(
-        route_handlers=[*ROUTES, *NOTIFICATION_ROUTES, *ADMIN_ROUTES, metrics_route],
+        route_handlers=[
+            *ROUTES,
+            *BATCH_ROUTES,
+            *NOTIFICATION_ROUTES,
+            *ADMIN_ROUTES,
+            metrics_route,
+        ],
         plugins=plugins,
         before_request=name_server_span if telemetry.enabled else None,
         lifespan=[lifespan],

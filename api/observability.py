@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.metrics import record_stream_metrics
@@ -49,11 +50,16 @@ class ObservedApp:
             return
         started = time.perf_counter()
         status = 500
+        # The server span (started by the OpenTelemetry middleware inside this one) is the
+        # active span when the response starts; the access line, logged after that span has
+        # ended, is logged in its context so that it carries the request's trace id.
+        span_context = INVALID_SPAN_CONTEXT
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, span_context
             if message["type"] == "http.response.start":
                 status = message["status"]
+                span_context = trace.get_current_span().get_span_context()
             await send(message)
 
         try:
@@ -65,20 +71,21 @@ class ObservedApp:
             self.metrics.http_requests.labels(route, method, str(status)).inc()
             self.metrics.http_duration.labels(route, method).observe(elapsed)
             if route not in self.quiet and _access.isEnabledFor(logging.INFO):
-                _access.info(
-                    "%s %s %d %.1fms",
-                    method,
-                    route,
-                    status,
-                    elapsed * 1000,
-                    extra={
-                        "event": "access",
-                        "route": route,
-                        "method": method,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
+                with trace.use_span(NonRecordingSpan(span_context)):
+                    _access.info(
+                        "%s %s %d %.1fms",
+                        method,
+                        route,
+                        status,
+                        elapsed * 1000,
+                        extra={
+                            "event": "access",
+                            "route": route,
+                            "method": method,
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 3),
+                        },
+                    )
 
 
 def span_details(scope: Scope) -> tuple[str, dict[str, str]]:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from redis.crc import key_slot
 
 from core.errors import LimitValidationError, NotFoundError
 from core.pipelining import AutoPipeline
-from core.redis_client import unavailable
-from core.scripts import CHECK
+from core.redis_client import is_cluster, unavailable
+from core.scripts import CHECK, CHECK_ALL
 from schemas.limits import ALGORITHMS, Algorithm, Limit
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from redis.asyncio import Redis
 
     from core.breaker import CircuitBreaker
@@ -74,12 +79,13 @@ class Limiter:
         return self._pipeline.round_trips
 
     async def _run(self, keys: list[str], args: list[int | str], what: str) -> list[int]:
-        call = partial(unavailable, partial(self._pipeline.call, keys, args), what, self._metrics)
-        if self._breaker is None:
-            reply: list[int] = await call()
-        else:
-            reply = await self._breaker.call(call)
+        reply: list[int] = await self._guarded(partial(self._pipeline.call, keys, args), what)
         return reply
+
+    async def _guarded(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Through the breaker (when set), with Redis errors wrapped and measured."""
+        wrapped = partial(unavailable, call, what, self._metrics)
+        return await (wrapped() if self._breaker is None else self._breaker.call(wrapped))
 
     @staticmethod
     def _limit_args(limit: Limit) -> list[int]:
@@ -118,6 +124,56 @@ class Limiter:
         if code == -2:
             raise NotFoundError("no limit is set for this key")
         return CheckResult.from_reply(reply)
+
+    async def check_many(
+        self, items: list[tuple[str, int]]
+    ) -> list[CheckResult | LimitValidationError]:
+        """Independent checks, answered together (one pipelined round trip).
+
+        An item whose tokens exceed its capacity gets its LimitValidationError back; Redis
+        being unavailable fails the whole call.
+        """
+        results = await asyncio.gather(
+            *(self.check(key, tokens) for key, tokens in items), return_exceptions=True
+        )
+        out: list[CheckResult | LimitValidationError] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, LimitValidationError):
+                raise result
+            out.append(result)
+        return out
+
+    async def check_all(
+        self, items: list[tuple[str, int]], *, now_us: int | None = None
+    ) -> list[CheckResult | LimitValidationError]:
+        """All-or-nothing: spend from every key only if every key allows, atomically.
+
+        Items naming one key twice are merged (their tokens add up). On a Redis Cluster
+        every key must map to one hash slot (LimitValidationError otherwise).
+        """
+        merged: dict[str, int] = {}
+        for key, tokens in items:
+            merged[key] = merged.get(key, 0) + tokens
+        keys = [name for key in merged for name in (self._keys.config(key), self._keys.state(key))]
+        if is_cluster(self._redis) and len({key_slot(k.encode()) for k in keys}) > 1:
+            raise LimitValidationError(
+                "all_or_nothing on a Redis Cluster needs keys in one hash slot; "
+                "these keys map to different slots",
+                field="checks",
+            )
+        args: list[int | str] = ["" if now_us is None else now_us, *self._default_args]
+        args += list(merged.values())
+        call = partial(
+            unavailable, partial(CHECK_ALL, self._redis, keys, args), "check_all", self._metrics
+        )
+        reply: list[Any] = await (call() if self._breaker is None else self._breaker.call(call))
+        by_key: dict[str, CheckResult | LimitValidationError] = {}
+        for key, item in zip(merged, reply[1:], strict=True):
+            try:
+                by_key[key] = self.result(item, merged[key])
+            except LimitValidationError as exc:
+                by_key[key] = exc
+        return [by_key[key] for key, _ in items]
 
     async def status(self, key: str, *, now_us: int | None = None) -> CheckResult:
         """The key's stored limit and live state; consumes nothing. NotFoundError if none."""

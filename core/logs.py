@@ -16,7 +16,14 @@ import msgspec
 
 __all__ = ["configure_logging", "register_secret"]
 
-_encoder = msgspec.json.Encoder()
+
+def _unencodable(value: object) -> str:
+    """Extras JSON cannot represent are logged as their (redacted) text, not dropped with a
+    traceback on stderr that would break the one-JSON-object-per-line output."""
+    return redact(str(value))
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_unencodable)
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)([^@\s]+)(@)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
 _secrets: set[str] = set()
@@ -39,6 +46,17 @@ def redact(text: str) -> str:
     for secret in _secrets:
         text = text.replace(secret, "***")
     return text
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with every string in it redacted (extras may be nested dicts and lists)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def _trace_ids() -> tuple[str | None, str | None]:
@@ -65,7 +83,7 @@ class JsonFormatter(logging.Formatter):
             entry["trace_id"], entry["span_id"] = trace_id, span_id
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = redact(value) if isinstance(value, str) else value
+                entry[key] = _scrub(value)
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return _encoder.encode(entry).decode()

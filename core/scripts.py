@@ -1,8 +1,10 @@
 """The Lua scripts, loaded from ``core/lua`` through importlib.resources.
 
-``check`` is assembled from one file per algorithm plus a dispatcher, so a check is a single
-script call whatever the key's algorithm. Scripts are run by SHA; when the server answers
-``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``) they are loaded again and retried.
+``check`` is assembled from one file per algorithm plus ``decide.lua`` (which reads the key's
+limit and dispatches) and ``check.lua`` (the entry point), so a check is a single script call
+whatever the key's algorithm; ``check_all`` shares the same parts. Scripts are run by SHA;
+when the server answers ``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``) they are
+loaded again and retried.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
-__all__ = ["APPLY", "CHECK", "FINISH", "Script"]
+__all__ = ["APPLY", "CHECK", "CHECK_ALL", "FINISH", "Script"]
 
 _CHECK_PARTS = (
     "prelude.lua",
@@ -30,7 +32,7 @@ _CHECK_PARTS = (
     "sliding_window.lua",
     "fixed_window.lua",
     "gcra.lua",
-    "dispatch.lua",
+    "decide.lua",
 )
 
 
@@ -100,6 +102,8 @@ class Script:
         return replies
 
 
-CHECK = Script.from_source("check", "\n".join(_read(p) for p in _CHECK_PARTS))
+_DECIDE = "\n".join(_read(p) for p in _CHECK_PARTS)
+CHECK = Script.from_source("check", _DECIDE + "\n" + _read("check.lua"))
+CHECK_ALL = Script.from_source("check_all", _DECIDE + "\n" + _read("check_all.lua"))
 APPLY = Script.from_source("apply", _read("apply.lua"))
 FINISH = Script.from_source("finish", _read("finish.lua"))

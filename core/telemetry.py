@@ -34,6 +34,15 @@ class Telemetry:
     def enabled(self) -> bool:
         return not isinstance(self.tracer_provider, trace.NoOpTracerProvider)
 
+    def flush(self, timeout_ms: int = 5000) -> bool:
+        """Export what is batched now; False if that did not finish within ``timeout_ms``.
+
+        For the end of a server's lifespan: uvicorn re-raises the signal that stopped it
+        after its graceful shutdown, so the provider's own atexit flush never runs.
+        """
+        flush = getattr(self.tracer_provider, "force_flush", None)
+        return True if flush is None else bool(flush(timeout_ms))
+
     def shutdown(self) -> None:
         """Flush and stop exporting (a no-op provider has nothing to flush)."""
         shutdown = getattr(self.tracer_provider, "shutdown", None)

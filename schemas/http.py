@@ -6,10 +6,22 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.limits import MAX_REQUESTS, Algorithm, Burst, Limit, Requests, WindowMs
+from schemas.limits import (
+    KEY_PATTERN,
+    MAX_REQUESTS,
+    Algorithm,
+    Burst,
+    Limit,
+    Requests,
+    WindowMs,
+)
 
 __all__ = [
     "AcceptedResponse",
+    "BatchItem",
+    "BatchRequest",
+    "BatchResponse",
+    "BatchResult",
     "CheckAllowed",
     "CheckDenied",
     "CheckRequest",
@@ -116,3 +128,40 @@ class HealthResponse(msgspec.Struct):
 class ReadyResponse(msgspec.Struct):
     status: Literal["ready", "not_ready"]
     redis: Literal["connected", "disconnected"]
+
+
+class BatchItem(msgspec.Struct, forbid_unknown_fields=True):
+    key: Annotated[
+        str,
+        msgspec.Meta(pattern=KEY_PATTERN, description="Rate-limit key.", examples=["user-42"]),
+    ]
+    tokens: Tokens = 1
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Many checks in one request, answered in one Redis round trip."""
+
+    checks: Annotated[list[BatchItem], msgspec.Meta(min_length=1, max_length=1000)]
+    all_or_nothing: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Spend from every listed limit only if all allow, atomically (on a "
+            "Redis Cluster all keys must share one hash slot)."
+        ),
+    ] = False
+
+
+class BatchResult(msgspec.Struct, omit_defaults=True):
+    key: str
+    allowed: bool
+    remaining: int
+    limit: int
+    reset_after_ms: int
+    retry_after_ms: int | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+class BatchResponse(msgspec.Struct):
+    allowed: bool  # every item allowed
+    results: list[BatchResult]

@@ -1,5 +1,6 @@
 -- check: one atomic rate-limit decision. Assembled at load time as
---   prelude.lua + token_bucket.lua + sliding_window.lua + fixed_window.lua + gcra.lua + dispatch.lua
+--   prelude.lua + token_bucket.lua + sliding_window.lua + fixed_window.lua + gcra.lua
+--   + decide.lua + check.lua          (check_all.lua instead of check.lua: all-or-nothing)
 --
 -- KEYS[1]  the key's limit hash   <prefix>:{<key>}:cfg  (alg, req, win, burst, ver, del)
 -- KEYS[2]  the key's state        <prefix>:{<key>}:st   (string, or sorted set for sliding_window)

@@ -1,9 +1,11 @@
+-- decide: one key's decision. cfg_key/st_key: the key's limit hash and state; n tokens;
+-- mode "d"/"i"/"p" and the fallback limit as in the header; now in microseconds.
+-- Returns the reply array described in the header.
 local ALGORITHMS = {token_bucket, sliding_window, fixed_window, gcra}
 local NAMES = {token_bucket = 1, sliding_window = 2, fixed_window = 3, gcra = 4}
 
-local n = tonumber(ARGV[1])
-local mode = ARGV[2]
-local cfg = redis.call('HMGET', KEYS[1], 'alg', 'req', 'win', 'burst', 'del')
+local function decide(cfg_key, st_key, n, mode, now, f_alg, f_req, f_win, f_burst)
+local cfg = redis.call('HMGET', cfg_key, 'alg', 'req', 'win', 'burst', 'del')
 local alg, req, win, burst
 local create = false
 if cfg[1] and cfg[5] ~= '1' then
@@ -11,8 +13,7 @@ if cfg[1] and cfg[5] ~= '1' then
 elseif mode == 'p' then
   return {-2, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 else
-  alg, req, win, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-    tonumber(ARGV[7])
+  alg, req, win, burst = f_alg, f_req, f_win, f_burst
   create = mode == 'i'
 end
 
@@ -38,16 +39,16 @@ if create then
   if burst == 0 then
     stored_burst = ''
   end
-  redis.call('HSET', KEYS[1], 'alg', names[alg], 'req', req, 'win', win, 'burst', stored_burst)
-  redis.call('HDEL', KEYS[1], 'del')
-  redis.call('PERSIST', KEYS[1])
+  redis.call('HSET', cfg_key, 'alg', names[alg], 'req', req, 'win', win, 'burst', stored_burst)
+  redis.call('HDEL', cfg_key, 'del')
+  redis.call('PERSIST', cfg_key)
   if alg ~= 1 then
-    redis.call('DEL', KEYS[2])                 -- the default limit's bucket does not carry over
+    redis.call('DEL', st_key)                 -- the default limit's bucket does not carry over
   end
 end
 
 local allowed, limit, remaining, reset, retry, now =
-  ALGORITHMS[alg](KEYS[2], n, now_us(), req, win * 1000, burst)
+  ALGORITHMS[alg](st_key, n, now, req, win * 1000, burst)
 local code = 0
 if allowed then
   code = 1
@@ -57,3 +58,4 @@ if remaining < 0 then
 end
 return {code, limit, remaining, ceil_ms(reset), ceil_ms(retry), math.floor(now / 1000),
         alg, req, win, burst}
+end
