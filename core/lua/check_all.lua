@@ -6,7 +6,7 @@
 -- Returns {all_allowed (1/0), reply_1, reply_2, ...} with replies as from check.
 -- For every algorithm, a check of n is allowed exactly when n <= remaining (that is what
 -- remaining means), so a peek of each key decides the group before anything is spent.
-local now = now_us()
+local now = now_us(ARGV[1])
 local f = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
 local count = #KEYS / 2
 local peeks, all = {}, true
