@@ -175,15 +175,18 @@ class Applier:
             if isinstance(result, Exception):
                 # Left pending: redelivered after WORKER_CLAIM_IDLE_MS; the last of
                 # WORKER_MAX_DELIVERIES attempts dead-letters it with the error.
-                _log.error("apply of %s failed: %s", entry_id, result)
-                for s in (apply_span, span):
-                    s.record_exception(result)
-                    s.set_status(Status(StatusCode.ERROR, str(result)))
-                    s.end()
-                if entry_id in last_try:
-                    fields, count = last_try[entry_id]
-                    reason = f"apply failed on delivery {count} of {self._max_deliveries}: {result}"
-                    done.append(self._dead(entry_id, fields, reason, count))
+                with trace.use_span(apply_span, end_on_exit=False):  # lines carry its trace id
+                    _log.error("apply of %s failed: %s", entry_id, result)
+                    for s in (apply_span, span):
+                        s.record_exception(result)
+                        s.set_status(Status(StatusCode.ERROR, str(result)))
+                        s.end()
+                    if entry_id in last_try:
+                        fields, count = last_try[entry_id]
+                        reason = (
+                            f"apply failed on delivery {count} of {self._max_deliveries}: {result}"
+                        )
+                        done.append(self._dead(entry_id, fields, reason, count))
                 continue
             apply_span.set_attribute("throttler.result", result.outcome)
             apply_span.end()
