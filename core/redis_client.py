@@ -8,7 +8,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     ClusterDownError,
     TryAgainError,
@@ -60,12 +62,18 @@ def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0)
         "socket_connect_timeout": timeout,
         "max_connections": settings.redis_max_connections,
         "health_check_interval": 0,
+        # No silent retries (redis-py retries 10 times with backoff by default): a failed
+        # call fails at once and the circuit breaker and FAILURE_POLICY decide what next.
+        "retry": Retry(NoBackoff(), 0),
     }
     if settings.redis_cluster:
         cluster: Any = RedisCluster.from_url(target, **options)
         client: Redis = cluster
         return client
-    return Redis.from_url(target, retry_on_timeout=False, **options)
+    # A blocking pool: past max_connections a call waits (up to the timeout) for a free
+    # connection instead of failing at once with "Too many connections".
+    pool = BlockingConnectionPool.from_url(target, timeout=timeout, **options)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def is_cluster(client: object) -> bool:

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
-Client = "AsyncTestClient[Any]"
 
 
 async def _limits(redis: Redis, settings: Settings, **limits: Limit) -> None:
