@@ -108,6 +108,9 @@ def create_app(
             with suppress(asyncio.CancelledError):
                 await hub_task
             await services.redis.aclose()
+            # uvicorn re-raises SIGTERM after its graceful shutdown, so no atexit hook (the
+            # tracer provider's own flush) runs: export the spans still batched now.
+            await anyio.to_thread.run_sync(telemetry.flush)
 
     plugins = []
     if telemetry.enabled:

@@ -87,6 +87,9 @@ def app_factory() -> Litestar:
     from core.otel_setup import telemetry_from_env  # noqa: PLC0415
 
     settings = load_settings()
+    # `serve --workers N` calls this in fresh processes, where `_load` never ran.
+    register_secret(settings.admin_token)
+    register_secret(settings.check_token)
     configure_logging(settings.log_level, settings.log_format)
     worker = os.environ.get(_SERVE_WORKER, "1") == "1"
     return build_app(settings, worker=worker, telemetry=telemetry_from_env("throttler"))

@@ -219,12 +219,6 @@ def test_with_no_endpoint_nothing_is_exported(
     assert {path for path, _ in receiver.posts} == {"/v1/traces"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn re-raises SIGTERM after its graceful shutdown, so the tracer provider's "
-    "atexit flush never runs and batched spans are lost; needs Telemetry.flush() at the end "
-    "of the app's lifespan (proposed change to api/app.py)",
-)
 def test_spans_batched_at_shutdown_are_exported_on_sigterm(
     receiver: OtlpReceiver, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
