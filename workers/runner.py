@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from redis.exceptions import ResponseError
 
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
@@ -125,26 +126,35 @@ class Worker:
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], pause_s: float) -> None:
         while not self.stopping.is_set():
+            delay = pause_s  # a failed step backs off once, not for the rest of the run
             try:
                 await step()
             except _RETRYABLE as exc:
                 _log.warning("%s: redis unavailable: %s", name, exc)
-                pause_s = max(pause_s, 0.5)
+                delay = max(pause_s, 0.5)
             except Exception:
                 _log.exception("%s step failed", name)
-                pause_s = max(pause_s, 0.5)
-            if pause_s:
-                with anyio.move_on_after(pause_s):
+                delay = max(pause_s, 0.5)
+            if delay:
+                with anyio.move_on_after(delay):
                     await self.stopping.wait()
 
     async def _read(self, stream: str, group: str) -> list[Entry]:
-        reply: Any = await self.reader.xreadgroup(
-            group,
-            self.consumer,
-            {stream: ">"},
-            count=self.settings.worker_batch,
-            block=self.settings.worker_block_ms,
-        )
+        try:
+            reply: Any = await self.reader.xreadgroup(
+                group,
+                self.consumer,
+                {stream: ">"},
+                count=self.settings.worker_batch,
+                block=self.settings.worker_block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The server lost the group (a restart without persistence, a new server).
+            _log.warning("consumer group %s on %s is gone; creating it again", group, stream)
+            await ensure_group(self.redis, stream, group)
+            return []
         if not reply:
             return []
         if isinstance(reply, dict):  # RESP3
