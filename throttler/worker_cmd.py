@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import anyio
 from prometheus_client import start_http_server
 
+from core.errors import SettingsError
 from core.keys import KeySpace
 from core.metrics import Metrics
 from core.redis_client import UNAVAILABLE_ERRORS, connect
@@ -35,9 +36,15 @@ async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) ->
     redis = connect(settings)
     metrics = Metrics()
     if settings.worker_metrics_port:
-        start_http_server(
-            settings.worker_metrics_port, settings.worker_metrics_host, metrics.registry
-        )
+        try:
+            start_http_server(
+                settings.worker_metrics_port, settings.worker_metrics_host, metrics.registry
+            )
+        except OSError as exc:
+            raise SettingsError(
+                f"WORKER_METRICS_PORT: cannot listen on {settings.worker_metrics_host}:"
+                f"{settings.worker_metrics_port} ({exc.strerror}); choose another port, or 0"
+            ) from None
         _log.info(
             "worker metrics on http://%s:%d/metrics",
             settings.worker_metrics_host,
@@ -82,7 +89,13 @@ async def check_worker(settings: Settings, consumer: str | None) -> int:
 @asynccontextmanager
 async def in_process_worker(services: Services) -> AsyncIterator[None]:
     """The worker of ``throttler serve``: runs in the API's event loop for its lifetime."""
-    worker = Worker(services.redis, services.keys, services.settings, telemetry=services.telemetry)
+    worker = Worker(
+        services.redis,
+        services.keys,
+        services.settings,
+        telemetry=services.telemetry,
+        metrics=services.metrics,
+    )
     task = asyncio.create_task(worker.run(), name="worker")
     try:
         yield

@@ -186,11 +186,6 @@ async def test_config_change_counter_moves_on_a_worker_process(settings: Setting
     assert value(api_samples, "throttler_config_changes_total") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="throttler/worker_cmd.py in_process_worker builds its Worker without "
-    "metrics=services.metrics, so `throttler serve` never counts applied changes",
-)
 async def test_config_change_counter_moves_with_the_in_process_worker(client: Client) -> None:
     before = await scrape(client)
     await change_a_limit(client, unique_key("config"))
