@@ -78,6 +78,8 @@ async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = ""
             tg.cancel_scope.cancel()
 
         tg.start_soon(until_closed)
+        # Say when listening has begun: changes from then on are delivered.
+        await socket.send_text(_encoder.encode({"type": "subscribed", "prefix": prefix}).decode())
         with suppress(WebSocketDisconnect):
             async for note in notes:
                 await socket.send_text(_encoder.encode(note).decode())

@@ -17,7 +17,9 @@ __all__ = [
 ]
 
 #: A rate-limit key: no braces, so a key cannot break out of its Redis Cluster hash tag.
-KEY_PATTERN: Final = r"^[A-Za-z0-9_\-.:]{1,256}$"
+#: ``$(?!\n)``: Python's ``$`` also matches before a final newline; this form ends the key
+#: at the true end in Python (msgspec) and in JSON Schema (ECMA) alike.
+KEY_PATTERN: Final = r"^[A-Za-z0-9_\-.:]{1,256}$(?!\n)"
 MAX_REQUESTS: Final = 1_000_000_000
 MAX_WINDOW_MS: Final = 2_678_400_000  # 31 days
 MAX_SLIDING_REQUESTS: Final = 100_000  # the exact log stores one entry per request

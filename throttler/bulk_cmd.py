@@ -90,7 +90,11 @@ async def _wait(redis: Redis, keys: KeySpace, ids: list[str], timeout_s: float) 
     """Follow the audit and dead-letter streams until every id has an outcome."""
     wanted = set(ids)
     counts: Counter[str] = Counter()
-    cursors = {keys.audit_stream: ids[0], keys.dead_stream: ids[0]}
+    # Outcome streams number their entries independently: start at the first change's
+    # millisecond, sequence 0 (an outcome can share that millisecond with a lower sequence).
+    first_ms = int(ids[0].split("-", 1)[0])
+    start = f"{first_ms - 1}-18446744073709551615"
+    cursors = {keys.audit_stream: start, keys.dead_stream: start}
     progress = _Progress(len(ids), "applied  ", sys.stderr)
     deadline = time.monotonic() + timeout_s
     while wanted and time.monotonic() < deadline:

@@ -73,7 +73,7 @@ class Reclaimer:
                 APPLIERS,
                 min=ids[0],
                 max=ids[-1],
-                count=len(ids) + 100,
+                count=max(10_000, 10 * len(ids)),
                 consumername=self._applier.consumer,
             ),
             "pending",

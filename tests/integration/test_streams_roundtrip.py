@@ -111,6 +111,7 @@ async def test_round_trip_post_apply_get_audit_notify(
     await pubsub.subscribe(keys.notify_channel)
     try:
         with ws:
+            assert ws.receive_json(timeout=5.0) == {"type": "subscribed", "prefix": "free:"}
             # Another prefix first: the WebSocket must skip it and deliver only free:*.
             other = await client.post("/rate-limit/pro:rt-1", json={"requests": 1, "window_ms": 5})
             assert other.status_code == 201
@@ -190,6 +191,7 @@ async def test_round_trip_post_apply_get_audit_notify(
 
 async def test_websocket_without_prefix_gets_every_key(client: Client) -> None:
     with await client.websocket_connect("/notifications/ws") as ws:
+        assert ws.receive_json(timeout=5.0) == {"type": "subscribed", "prefix": ""}
         assert (await client.post("/rate-limit/a:1", json=LIMIT)).status_code == 201
         assert (await client.post("/rate-limit/b:1", json=LIMIT)).status_code == 201
         assert [_receive(ws).key, _receive(ws).key] == ["a:1", "b:1"]
