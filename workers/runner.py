@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.exceptions import ResponseError
 
 from core.config_store import ConfigStore
@@ -141,13 +142,14 @@ class Worker:
 
     async def _read(self, stream: str, group: str) -> list[Entry]:
         try:
-            reply: Any = await self.reader.xreadgroup(
-                group,
-                self.consumer,
-                {stream: ">"},
-                count=self.settings.worker_batch,
-                block=self.settings.worker_block_ms,
-            )
+            with suppress_instrumentation():  # an idle poll is not worth a trace of its own
+                reply: Any = await self.reader.xreadgroup(
+                    group,
+                    self.consumer,
+                    {stream: ">"},
+                    count=self.settings.worker_batch,
+                    block=self.settings.worker_block_ms,
+                )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
