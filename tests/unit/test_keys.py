@@ -1,0 +1,126 @@
+"""Rate-limit key validation and the Redis key names built from one prefix."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from core.errors import InvalidKeyError
+from core.keys import KEY_PATTERN, KeySpace, validate_key
+
+valid_keys = st.from_regex(KEY_PATTERN, fullmatch=True)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "free:client-123",
+        "a",
+        "A-Z_a.z:0-9",
+        "user.42",
+        "..",
+        "x" * 256,
+    ],
+)
+def test_valid_keys(key: str) -> None:
+    assert validate_key(key) == key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "x" * 257,
+        "a{b",
+        "a}b",
+        "{tag}",
+        "a b",
+        "a/b",
+        "a\\b",
+        "a\nb",
+        "trailing-newline\n",
+        "a\x00b",
+        "a%20b",
+        "a*b",
+        "é",
+        "ｆｕｌｌ",  # fullwidth letters
+        "٣",  # Arabic-Indic digit
+        "key😀",
+    ],
+)
+def test_invalid_keys(key: str) -> None:
+    with pytest.raises(InvalidKeyError) as info:
+        validate_key(key)
+    message = str(info.value)
+    assert "1-256 characters" in message
+    assert "A-Z a-z 0-9 _ - . :" in message
+
+
+def test_the_error_names_the_first_bad_character() -> None:
+    with pytest.raises(InvalidKeyError, match=r"first invalid character '/'"):
+        validate_key("ok/bad{")
+
+
+@given(valid_keys)
+def test_every_key_of_the_pattern_is_accepted(key: str) -> None:
+    assert validate_key(key) == key
+
+
+@given(st.text(min_size=1, max_size=20).filter(lambda s: any(not _allowed(c) for c in s)))
+def test_any_other_character_is_rejected(key: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        validate_key(key)
+
+
+def _allowed(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch in "_-.:")
+
+
+def _hash_tag(name: str) -> str:
+    """The part of a Redis key that Redis Cluster hashes (its `{tag}` rule)."""
+    start = name.find("{")
+    end = name.find("}", start + 1)
+    if start == -1 or end == -1 or end == start + 1:
+        return name
+    return name[start + 1 : end]
+
+
+def test_key_names_share_the_key_hash_tag() -> None:
+    keys = KeySpace("throttler")
+    assert keys.config("free:client-123") == "throttler:{free:client-123}:cfg"
+    assert keys.state("free:client-123") == "throttler:{free:client-123}:st"
+
+
+@given(valid_keys, st.from_regex(r"[A-Za-z0-9_\-.]{1,64}", fullmatch=True))
+def test_a_limit_s_keys_hash_to_one_cluster_slot(key: str, prefix: str) -> None:
+    keys = KeySpace(prefix)
+    cfg, state = keys.config(key), keys.state(key)
+    assert cfg.startswith(prefix + ":")
+    assert state.startswith(prefix + ":")
+    assert cfg != state
+    assert _hash_tag(cfg) == _hash_tag(state) == key
+    assert key_slot(cfg.encode()) == key_slot(state.encode()) == key_slot(key.encode())
+
+
+def test_different_keys_and_prefixes_never_collide() -> None:
+    a, b = KeySpace("one"), KeySpace("two")
+    names = {
+        a.config("k"),
+        a.state("k"),
+        a.config("k2"),
+        a.state("k2"),
+        b.config("k"),
+        b.state("k"),
+    }
+    assert len(names) == 6
+
+
+def test_streams_share_the_prefix_hash_tag() -> None:
+    keys = KeySpace("tp")
+    streams = [keys.config_stream, keys.audit_stream, keys.dead_stream]
+    assert {_hash_tag(s) for s in streams} == {"tp"}
+    assert len(set(streams)) == 3
+    assert keys.notify_channel.startswith("tp")
+    assert keys.heartbeat("appliers", "c1").startswith("tp:")
