@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from api.auth import check_guard
+from api.strict import require_strict
 from core.errors import LimitValidationError
 from schemas.http import BatchRequest, BatchResponse, BatchResult, ErrorResponse
 
@@ -52,6 +53,7 @@ async def batch_check(
     are). With `all_or_nothing`, tokens are spent from every listed limit only if all
     allow, atomically; on a Redis Cluster the keys must then share one hash slot (400
     otherwise). Items use their key's stored limit, else the default limit."""
+    await require_strict(request, BatchRequest)
     services: Services = request.app.state.services
     items = [(item.key, item.tokens) for item in data.checks]
     if data.all_or_nothing:

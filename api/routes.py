@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_429_TOO_MA
 
 from api.auth import admin_guard, check_guard
 from api.headers import rate_limit_headers
+from api.strict import OptionalBodyOperation, require_strict
 from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
 from core.keys import validate_key
 from core.version import VERSION
@@ -151,6 +152,7 @@ async def put_limit(
     algorithm starts from a full limit.
     """
     validate_key(key)
+    await require_strict(request, Limit)
     submitted = await _services(request).mutations.set(key, data, _actor(request))
     outcome = submitted.outcome
     if outcome is None:
@@ -203,6 +205,7 @@ async def delete_limit(
     "/rate-limit/{key:str}/check",
     tags=["checks"],
     guards=[check_guard],
+    operation_class=OptionalBodyOperation,
     summary="Check and spend tokens",
     status_code=HTTP_200_OK,
     responses={
@@ -219,6 +222,8 @@ async def check(
     default limit (`DEFAULT_CAPACITY`, `DEFAULT_REFILL_RATE`).
     """
     validate_key(key)
+    if data is not None:
+        await require_strict(request, CheckRequest)
     body = data or _EMPTY_CHECK
     services = _services(request)
     metrics = services.metrics

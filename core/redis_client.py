@@ -21,6 +21,7 @@ from redis.exceptions import (
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
+from redis.maint_notifications import MaintNotificationsConfig
 
 from core.errors import RedisUnavailableError
 from core.settings import Settings, redact_url
@@ -62,9 +63,11 @@ def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0)
         "socket_connect_timeout": timeout,
         "max_connections": settings.redis_max_connections,
         "health_check_interval": 0,
-        # No silent retries (redis-py retries 10 times with backoff by default): a failed
+        # No silent retries with backoff (redis-py retries 10 times by default): a failed
         # call fails at once and the circuit breaker and FAILURE_POLICY decide what next.
-        "retry": Retry(NoBackoff(), 0),
+        # One immediate retry on a connection error only: a pooled connection to a Redis
+        # that restarted is dead, and the retry takes a fresh one. Timeouts never retry.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     if settings.redis_cluster:
         cluster: Any = RedisCluster.from_url(target, **options)
@@ -72,7 +75,16 @@ def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0)
         return client
     # A blocking pool: past max_connections a call waits (up to the timeout) for a free
     # connection instead of failing at once with "Too many connections".
-    pool = BlockingConnectionPool.from_url(target, timeout=timeout, **options)
+    # Maintenance notifications (a RESP3 feature of managed Redis offerings) stay off: while
+    # they are on - redis-py 8.1 defaults them to "auto" - the pool skips its check that an
+    # idle connection is still open, so the first command after a Redis restart or failover
+    # failed on a dead socket ("Connection closed by server", /ready flapping to 503).
+    pool = BlockingConnectionPool.from_url(
+        target,
+        timeout=timeout,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        **options,
+    )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 

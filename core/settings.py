@@ -108,6 +108,9 @@ def _check_redis_url(url: str) -> None:
         raise SettingsError("REDIS_URL database (the path) must be a number")
 
 
+_CASE_FREE = ("log_level", "log_format", "failure_policy")
+
+
 def _split_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -126,6 +129,9 @@ def load_settings(
     values.update(env)
     fields = {name.upper(): name for name in Settings.__struct_fields__}
     raw = {fields[k]: v for k, v in values.items() if k in fields and v != ""}
+    for name in _CASE_FREE:  # LOG_LEVEL=INFO means info
+        if name in raw:
+            raw[name] = raw[name].lower()
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:

@@ -31,6 +31,37 @@ local function compare(a, b)
   return 0
 end
 
+-- Same algorithm, new numbers: keep what the caller has spent (not what is left), so a
+-- raised limit gives room at once and a lowered one keeps its debt.
+local function keep_spent(alg, st, old, req, win, burst)
+  if alg ~= 'token_bucket' and alg ~= 'gcra' then
+    return                      -- the windows keep their log or counter: spent as it is
+  end
+  local raw = redis.call('GET', st)
+  if not raw then
+    return
+  end
+  if alg == 'token_bucket' then
+    local a, b = string.match(raw, '^(%d+):(%d+)$')
+    local old_cap = tonumber(old[4]) * 1000000
+    local cap = tonumber(burst) * 1000000
+    local tokens = math.max(0, math.min(cap, tonumber(a) + cap - old_cap))
+    local rate = tonumber(req) * 1000000 / (tonumber(win) * 1000)
+    local ttl = math.ceil((cap - tokens) / rate / 1000) + 1000
+    redis.call('SET', st, string.format('%d:%d', tokens, tonumber(b)), 'PX', ttl)
+  else
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local spent = tonumber(raw) - now
+    if spent > 0 then
+      local old_T = math.ceil(tonumber(old[3]) * 1000 / tonumber(old[2]))
+      local new_T = math.ceil(tonumber(win) * 1000 / tonumber(req))
+      local tat = now + math.ceil(spent * new_T / old_T)
+      redis.call('SET', st, string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+    end
+  end
+end
+
 local op, ver = ARGV[1], ARGV[2]
 local old = redis.call('HMGET', KEYS[1], 'alg', 'req', 'win', 'burst', 'ver', 'del')
 local existed = old[1] and old[6] ~= '1'
@@ -54,6 +85,8 @@ if op == 'set' then
   local fresh = (existed and old[1] ~= alg) or (not existed and alg ~= 'token_bucket')
   if fresh then
     redis.call('DEL', KEYS[2])                 -- a new algorithm starts from a full limit
+  elseif existed then
+    keep_spent(alg, KEYS[2], old, ARGV[4], ARGV[5], ARGV[6])
   end
   redis.call('HSET', KEYS[1], 'alg', alg, 'req', ARGV[4], 'win', ARGV[5], 'burst', ARGV[6])
   redis.call('HDEL', KEYS[1], 'del')

@@ -600,11 +600,6 @@ async def test_openapi_describes_every_route_body_and_error(client: Client) -> N
     assert set(schemas["ReadyResponse"]["properties"]) == {"status", "redis"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG api/routes.py: the check body is optional but the OpenAPI document marks "
-    "it required (`data: JSONBody[CheckRequest | None] = None` renders required: true)",
-)
 async def test_openapi_marks_the_check_body_optional(client: Client) -> None:
     doc = (await client.get("/schema/openapi.json")).json()
     assert (
@@ -706,11 +701,6 @@ async def test_bad_limit_bodies_are_400_validation_error_naming_the_field(client
         assert resp.status_code == 404, f"{case} stored a limit"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG api/routes.py: Litestar converts bodies with msgspec strict=False, so "
-    '{"requests": "10"} is coerced to 10 and accepted (201) instead of 400',
-)
 async def test_a_number_as_a_string_is_a_wrong_type(client: Client) -> None:
     resp = await client.post("/rate-limit/k", json={"requests": "10", "window_ms": 60000})
     assert "requests" in error_of(resp, 400, "validation_error")
@@ -756,10 +746,6 @@ async def test_bad_check_bodies_are_400_validation_error_and_spend_nothing(
         assert (await client.get("/rate-limit/fresh")).status_code == 404, case
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG api/routes.py: {"tokens": "3"} is coerced to 3 (msgspec strict=False)',
-)
 async def test_tokens_as_a_string_is_a_wrong_type(client: Client) -> None:
     resp = await client.post("/rate-limit/k/check", json={"tokens": "3"})
     assert "tokens" in error_of(resp, 400, "validation_error")
