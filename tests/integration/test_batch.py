@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-
 async def _limits(redis: Redis, settings: Settings, **limits: Limit) -> None:
     store = ConfigStore(redis, KeySpace(settings.key_prefix), settings.tombstone_ttl_ms)
     for key, limit in limits.items():
