@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 __all__ = [
     "Decision",
@@ -19,6 +20,7 @@ __all__ = [
     "TokenBucketState",
     "fixed_window",
     "gcra",
+    "keep_spent",
     "sliding_window",
     "token_bucket",
 ]
@@ -148,3 +150,29 @@ def fixed_window(
     retry = 0 if allowed else ends
     reset = ends if count > 0 else 0
     return Decision(allowed, requests, requests - count, reset, retry), new_state
+
+
+def keep_spent(
+    algorithm: str,
+    state: object,
+    now: int,
+    old: tuple[int, int, int],
+    new: tuple[int, int, int],
+) -> object:
+    """The state after replacing a limit under the same algorithm: what was spent stays
+    spent. ``old`` and ``new`` are (requests, window_us, burst); mirrors ``apply.lua``."""
+    if state is None:
+        return None
+    if algorithm == "token_bucket":
+        tokens, t = cast("TokenBucketState", state)
+        old_cap, cap = old[2] * MICRO, new[2] * MICRO
+        return (max(0, min(cap, tokens + cap - old_cap)), t)
+    if algorithm == "gcra":
+        tat = cast("int", state)
+        spent = tat - now
+        if spent <= 0:
+            return state
+        old_interval = math.ceil(old[1] / old[0])
+        interval = math.ceil(new[1] / new[0])
+        return now + math.ceil(spent * interval / old_interval)
+    return state  # the windows keep their log or counter

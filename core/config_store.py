@@ -47,19 +47,24 @@ class ConfigStore:
         self._tombstone_ms = tombstone_ttl_ms
 
     def _script_args(
-        self, key: str, limit: Limit | None, version: str
+        self, key: str, limit: Limit | None, version: str, now_us: int | None = None
     ) -> tuple[list[str], list[str | int]]:
         if limit is None:
             args: list[str | int] = ["del", version, "", "", "", ""]
         else:
             burst = limit.burst if limit.burst is not None else ""
             args = ["set", version, limit.algorithm, limit.requests, limit.window_ms, burst]
-        args.append(self._tombstone_ms)
+        args += [self._tombstone_ms, "" if now_us is None else now_us]
         return [self._keys.config(key), self._keys.state(key)], args
 
-    async def apply(self, key: str, limit: Limit | None, version: str = "") -> ApplyResult:
-        """Set ``key``'s limit, or delete it when ``limit`` is None, at ``version``."""
-        keys, args = self._script_args(key, limit, version)
+    async def apply(
+        self, key: str, limit: Limit | None, version: str = "", *, now_us: int | None = None
+    ) -> ApplyResult:
+        """Set ``key``'s limit, or delete it when ``limit`` is None, at ``version``.
+
+        ``now_us`` overrides the server clock (only tests pass it).
+        """
+        keys, args = self._script_args(key, limit, version, now_us)
         reply = await unavailable(lambda: APPLY(self._redis, keys, args), "apply")
         return _result(reply)
 

@@ -7,6 +7,7 @@
 -- ARGV[3]  algorithm name; ARGV[4] requests; ARGV[5] window_ms; ARGV[6] burst  (op "set")
 -- ARGV[7]  tombstone TTL in ms: a deleted key keeps its version this long, so an older
 --          change delivered late cannot bring the limit back
+-- ARGV[8]  now in microseconds, or "" / absent for the server clock (tests only)
 --
 -- Returns {result, prev_alg, prev_req, prev_win, prev_burst, prev_ver}
 --   result: "created" | "replaced" | "deleted" | "not_found"  (applied)
@@ -50,8 +51,11 @@ local function keep_spent(alg, st, old, req, win, burst)
     local ttl = math.ceil((cap - tokens) / rate / 1000) + 1000
     redis.call('SET', st, string.format('%d:%d', tokens, tonumber(b)), 'PX', ttl)
   else
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local now = tonumber(ARGV[8] or '')
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
     local spent = tonumber(raw) - now
     if spent > 0 then
       local old_T = math.ceil(tonumber(old[3]) * 1000 / tonumber(old[2]))
