@@ -3,8 +3,9 @@
 ``check`` is assembled from one file per algorithm plus ``decide.lua`` (which reads the key's
 limit and dispatches) and ``check.lua`` (the entry point), so a check is a single script call
 whatever the key's algorithm; ``check_all`` shares the same parts. Scripts are run by SHA;
-when the server answers ``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``) they are
-loaded again and retried.
+when the server answers ``NOSCRIPT`` (a restart, a failover, ``SCRIPT FLUSH``) the call is
+sent again with the script's source (``EVAL``), which cannot meet ``NOSCRIPT`` and caches
+the script for the next ``EVALSHA``, even when the cache is emptied again meanwhile.
 """
 
 from __future__ import annotations
@@ -56,22 +57,20 @@ class Script:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.eval(self.source, len(keys), *keys, *args)
 
     async def run_many(self, client: Redis, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run the script once per ``(keys, args)``, in order, in one pipelined round trip.
 
         Each reply is the script's result or the exception it raised. Calls that met
-        ``NOSCRIPT`` (the script cache was emptied) are run again, in order, after a load.
+        ``NOSCRIPT`` (the script cache was emptied) are run again, in order, with the source.
         """
         if is_cluster(client):
             return await self._per_key(client, calls)
         replies = await self._pipeline(client, calls)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
-            await client.script_load(self.source)
-            again = await self._pipeline(client, [calls[i] for i in missing])
+            again = await self._pipeline(client, [calls[i] for i in missing], by_source=True)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
@@ -94,10 +93,15 @@ class Script:
         await asyncio.gather(*(run(chain) for chain in chains.values()))
         return replies
 
-    async def _pipeline(self, client: Redis, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline(
+        self, client: Redis, calls: list[tuple[list[str], list[Any]]], *, by_source: bool = False
+    ) -> list[Any]:
         pipe: Pipeline = client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
+            if by_source:
+                pipe.eval(self.source, len(keys), *keys, *args)
+            else:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
