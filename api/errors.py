@@ -121,6 +121,15 @@ def _too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorR
     )
 
 
+def _not_utf8(_: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[ErrorResponse]:
+    # The JSON decoder raises this (not a decode error) for a string that is not UTF-8, e.g.
+    # ``{"tokens": "\xff"}``: client input, so a 400, not a 500.
+    _log.info("request body is not UTF-8: %s", exc)
+    return error_response(
+        HTTP_400_BAD_REQUEST, "validation_error", "malformed JSON body: not valid UTF-8"
+    )
+
+
 def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     _log.exception("unhandled error", exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
@@ -134,5 +143,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     NotFoundError: _not_found,
     RedisUnavailableError: _unavailable,
     RecursionError: _too_deep,
+    UnicodeDecodeError: _not_utf8,
     Exception: _internal,
 }
