@@ -49,9 +49,11 @@ def _services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
     return services
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+# Guards are coroutines: Litestar would run a plain function in a worker thread, a
+# thread hop on every request.
+async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     _require(connection, _services(connection).settings.admin_token)
 
 
-def check_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def check_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     _require(connection, _services(connection).settings.check_token)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -128,19 +127,23 @@ class Limiter:
     async def check_many(
         self, items: list[tuple[str, int]]
     ) -> list[CheckResult | LimitValidationError]:
-        """Independent checks, answered together (one pipelined round trip).
+        """Independent checks, answered together in one pipelined round trip.
 
         An item whose tokens exceed its capacity gets its LimitValidationError back; Redis
         being unavailable fails the whole call.
         """
-        results = await asyncio.gather(
-            *(self.check(key, tokens) for key, tokens in items), return_exceptions=True
+        calls = [self.script_args(key, tokens) for key, tokens in items]
+        replies: list[Any] = await self._guarded(
+            partial(CHECK.run_many, self._redis, calls), "check_many"
         )
         out: list[CheckResult | LimitValidationError] = []
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, LimitValidationError):
-                raise result
-            out.append(result)
+        for (_, tokens), reply in zip(items, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            try:
+                out.append(self.result(reply, tokens))
+            except LimitValidationError as exc:
+                out.append(exc)
         return out
 
     async def check_all(

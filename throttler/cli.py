@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from functools import partial
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from core.settings import Settings, load_settings, redact_url
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    import uvicorn
     from litestar import Litestar
 
     from core.telemetry import Telemetry
@@ -120,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         _log.info("using redis at %s", redact_url(settings.redis_url))
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             "throttler.cli:app_factory",
             factory=True,
             host=settings.host,
@@ -131,6 +133,10 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=args.grace,
             server_header=False,
         )
+        if args.workers > 1:
+            _serve_processes(config)
+        else:
+            uvicorn.Server(config).run()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -206,6 +212,22 @@ def _dead_replay(args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         raise SettingsError("give dead-letter ids to replay, or --all")
     return anyio.run(replay_dead_letters, _needs_redis(args), args.ids, args.all)
+
+
+def _serve_processes(config: uvicorn.Config) -> None:
+    """uvicorn's multi-process supervisor, with TCP_NODELAY working on every connection.
+
+    uvicorn binds the shared socket with protocol 0; accepted sockets inherit it and
+    asyncio enables TCP_NODELAY only for IPPROTO_TCP, so every keep-alive answer would wait
+    ~40 ms for the client's delayed ACK (uvicorn issue #3149). Re-wrapping the socket as
+    IPPROTO_TCP restores it (measured in docs/performance.md).
+    """
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+    bound = config.bind_socket()
+    if bound.family in (socket.AF_INET, socket.AF_INET6):
+        bound = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, bound.detach())
+    Multiprocess(config, sockets=[bound]).run()
 
 
 def _parser() -> argparse.ArgumentParser:
