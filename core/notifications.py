@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 
-from core.redis_client import UNAVAILABLE_ERRORS
+from core.redis_client import UNAVAILABLE_ERRORS, is_cluster
 from schemas.events import LimitChanged
 
 if TYPE_CHECKING:
@@ -72,24 +72,38 @@ class NotificationHub:
                     send.send_nowait(note)
 
     async def run(self) -> None:
-        """Subscribe and dispatch until cancelled; resubscribe after a lost connection."""
+        """Subscribe and dispatch until cancelled; resubscribe after a lost connection.
+
+        Any other failure is logged and retried too: a hub that died would leave every
+        config change of this process waiting for a notification that never comes.
+        """
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
-                self.subscribed.set()
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    try:
-                        self.dispatch(_decoder.decode(message["data"]))
-                    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                        _log.warning("ignored a malformed notification: %s", exc)
+                await self._run_once()
             except UNAVAILABLE_ERRORS as exc:
-                self.subscribed = anyio.Event()
                 _log.warning("notification subscription lost (%s); retrying", exc)
-                await anyio.sleep(0.5)
-            finally:
-                with anyio.CancelScope(shield=True), suppress(*UNAVAILABLE_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except Exception:
+                _log.exception("notification subscription failed; retrying")
+            self.subscribed = anyio.Event()
+            await anyio.sleep(0.5)
+
+    async def _run_once(self) -> None:
+        if is_cluster(self._redis):
+            # A cluster client learns its slots on its first command; its Pub/Sub does not
+            # ask, and fails with a KeyError on the slot of the channel until something has.
+            await self._redis.initialize()
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            self.subscribed.set()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    self.dispatch(_decoder.decode(message["data"]))
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    _log.warning("ignored a malformed notification: %s", exc)
+        finally:
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
