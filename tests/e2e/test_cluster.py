@@ -31,6 +31,7 @@ from core.settings import load_settings
 from core.streams import APPLIERS, EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
+from tests.e2e.test_redis_auth_tls import acl_rules
 from tests.support.cluster import LocalCluster
 from tests.support.service import ServiceProcess
 
@@ -263,6 +264,49 @@ async def test_config_round_trip(
         assert msgspec.to_builtins(records[0].after) == limit
     finally:
         service.stop()
+
+
+# --- an ACL user ------------------------------------------------------------------------
+
+#: What a cluster needs beyond the standalone set: the slot map, and the command table the
+#: cluster client reads once to find the keys of each command.
+CLUSTER_ACL = ["+cluster|slots", "+command"]
+
+
+async def test_acl_user_on_a_cluster(cluster: LocalCluster, prefix: str, tmp_path: Path) -> None:
+    from redis import Redis as SyncRedis
+
+    password = uuid.uuid4().hex
+    nodes = [SyncRedis(port=node.port) for node in cluster.nodes]
+    try:
+        for node in nodes:
+            node.acl_log_reset()
+            command: Any = node.execute_command
+            command("ACL", "SETUSER", "throttler", *acl_rules(prefix, password), *CLUSTER_ACL)
+        env = cluster_env(cluster, prefix)
+        env["REDIS_URL"] = cluster.url.replace("redis://", f"redis://throttler:{password}@")
+        service = ServiceProcess(env).start(tmp_path)
+        try:
+            async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as http:
+                assert (await http.get("/ready")).status_code == 200
+                for i, algorithm in enumerate(("token_bucket", "sliding_window", "gcra")):
+                    limit = {"requests": 2, "window_ms": 60000, "algorithm": algorithm}
+                    created = await http.post(f"/rate-limit/acl-{i}", json=limit)
+                    assert created.status_code == 201, created.text
+                    codes = [(await http.post(f"/rate-limit/acl-{i}/check")).status_code]
+                    codes.append((await http.post(f"/rate-limit/acl-{i}/check")).status_code)
+                    codes.append((await http.post(f"/rate-limit/acl-{i}/check")).status_code)
+                    assert codes == [200, 200, 429]
+                assert (await http.get("/dead-letters")).status_code == 200
+                assert (await http.get("/metrics")).status_code == 200
+        finally:
+            service.stop()
+        denied = [entry for node in nodes for entry in node.acl_log()]
+    finally:
+        for node in nodes:
+            node.close()
+    assert denied == []
+    assert password not in service.log()
 
 
 # --- worker crash recovery ---------------------------------------------------------------
