@@ -39,7 +39,10 @@ def _services(request: Request[Any, Any, Any]) -> Services:
     tags=["admin"],
     guards=[admin_guard],
     summary="List dead letters",
-    responses={401: ResponseSpec(ErrorResponse, description="Missing or wrong token.")},
+    responses={
+        400: ResponseSpec(ErrorResponse, description="Invalid `count` (`validation_error`)."),
+        401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
+    },
 )
 async def dead_letters(
     request: Request[Any, Any, Any], count: FromQuery[Count] = 100
@@ -57,6 +60,7 @@ async def dead_letters(
     status_code=200,
     summary="Replay one dead letter",
     responses={
+        400: ResponseSpec(ErrorResponse, description="Invalid request (`validation_error`)."),
         401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
         404: ResponseSpec(ErrorResponse, description="No such dead letter."),
     },

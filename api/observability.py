@@ -107,7 +107,13 @@ async def name_server_span(request: Request[Any, Any, Any]) -> None:
     span.set_attribute("http.route", route)
 
 
-@get("/metrics", tags=["probes"], summary="Prometheus metrics", include_in_schema=True)
+@get(
+    "/metrics",
+    tags=["probes"],
+    summary="Prometheus metrics",
+    media_type=CONTENT_TYPE_LATEST,
+    include_in_schema=True,
+)
 async def metrics_route(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text format: checks, latency, Redis, config changes, streams, HTTP."""
     services: Services = request.app.state.services

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -18,6 +19,15 @@ if TYPE_CHECKING:
 __all__ = ["Replayed", "list_dead_letters", "replay_dead_letters"]
 
 _decoder = msgspec.json.Decoder(DeadLetter)
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_U64 = 2**64 - 1
+
+
+def _is_entry_id(entry_id: str) -> bool:
+    if not _ENTRY_ID.fullmatch(entry_id):
+        return False
+    ms, seq = entry_id.split("-")
+    return int(ms) <= _U64 and int(seq) <= _U64
 
 
 class Replayed(msgspec.Struct):
@@ -52,7 +62,9 @@ async def replay_dead_letters(
         rows = await unavailable(lambda: redis.xrange(keys.dead_stream), "dead")
     else:
         rows = []
-        for entry_id in ids:
+        # Only whole entry ids reach XRANGE: it would refuse "abc" and read a bare
+        # millisecond as every entry of that millisecond.
+        for entry_id in filter(_is_entry_id, ids):
             rows += await unavailable(
                 lambda e=entry_id: redis.xrange(keys.dead_stream, min=e, max=e),  # type: ignore[misc]
                 "dead",

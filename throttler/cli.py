@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from functools import partial
@@ -133,6 +134,10 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=args.grace,
             server_header=False,
         )
+        # uvicorn restores the handlers it found and re-raises SIGTERM once its graceful
+        # shutdown is done; with the default handler that would kill the process before
+        # the finally below stops the embedded server. Exit cleanly instead.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         if args.workers > 1:
             _serve_processes(config)
         else:
@@ -212,6 +217,10 @@ def _dead_replay(args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         raise SettingsError("give dead-letter ids to replay, or --all")
     return anyio.run(replay_dead_letters, _needs_redis(args), args.ids, args.all)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _serve_processes(config: uvicorn.Config) -> None:

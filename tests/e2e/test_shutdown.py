@@ -180,12 +180,6 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG throttler/cli.py: uvicorn re-raises SIGTERM after its graceful shutdown and "
-    "the default handler kills the process there: exit status -15, and _serve's finally "
-    "never stops the embedded server, which is left running (diff in the issue 5 report)",
-)
 def test_sigterm_exits_0_and_stops_the_embedded_server(tmp_path: Path) -> None:
     env = {"REDIS_URL": "", "WORKER_METRICS_PORT": "0", "WORKER_BLOCK_MS": "100"}
     service = ServiceProcess(env).start(tmp_path)  # no REDIS_URL: an embedded server
