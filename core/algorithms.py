@@ -174,5 +174,6 @@ def keep_spent(
             return state
         old_interval = math.ceil(old[1] / old[0])
         interval = math.ceil(new[1] / new[0])
-        return now + math.ceil(spent * interval / old_interval)
+        # In doubles, as the Lua computes it: the product may exceed 2^53 and round.
+        return now + math.ceil(float(spent) * interval / old_interval)
     return state  # the windows keep their log or counter

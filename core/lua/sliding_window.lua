@@ -1,5 +1,7 @@
 -- sliding_window: an exact log. State: a sorted set with one member per admitted token,
--- scored by its admission time (us). Members are "<time>:<index>", unique per key.
+-- scored by its admission time (us). Members are "<time>:<index>", unique per key: the
+-- index continues from the count, and ZADD NX skips an index already taken (possible
+-- after a clock stepped back past a prune), so no admitted token is ever overwritten.
 local function sliding_window(st, n, now, req, win_us)
   local newest = redis.call('ZRANGE', st, -1, -1, 'WITHSCORES')
   if newest[2] and tonumber(newest[2]) > now then
@@ -11,14 +13,15 @@ local function sliding_window(st, n, now, req, win_us)
   local retry = 0
   if allowed then
     if n > 0 then
-      local batch = {}
-      for i = 1, n do
-        batch[#batch + 1] = now
-        batch[#batch + 1] = string.format('%d:%d', now, count + i)
-        if #batch >= 2000 or i == n then
-          redis.call('ZADD', st, unpack(batch))
-          batch = {}
+      local added, index = 0, count
+      while added < n do
+        local batch = {}
+        for _ = 1, math.min(n - added, 1000) do
+          index = index + 1
+          batch[#batch + 1] = now
+          batch[#batch + 1] = string.format('%d:%d', now, index)
         end
+        added = added + redis.call('ZADD', st, 'NX', unpack(batch))
       end
       count = count + n
       redis.call('PEXPIRE', st, ceil_ms(win_us))
