@@ -23,6 +23,8 @@ KEY_PATTERN: Final = r"^[A-Za-z0-9_\-.:]{1,256}$(?!\n)"
 MAX_REQUESTS: Final = 1_000_000_000
 MAX_WINDOW_MS: Final = 2_678_400_000  # 31 days
 MAX_SLIDING_REQUESTS: Final = 100_000  # the exact log stores one entry per request
+#: GCRA's tolerance (interval × burst) in µs: below 2**53, where doubles (Lua) stay exact.
+MAX_GCRA_TOLERANCE_US: Final = 10**15
 
 Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "gcra"]
 ALGORITHMS: Final[tuple[Algorithm, ...]] = (
@@ -72,8 +74,17 @@ class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
                     "(the exact log stores one entry per request); use gcra or token_bucket "
                     "for larger limits"
                 )
-        elif self.burst is None:
-            self.burst = self.requests
+        else:
+            if self.burst is None:
+                self.burst = self.requests
+            if self.algorithm == "gcra":
+                interval = -(-self.window_ms * 1000 // self.requests)  # whole microseconds
+                if interval * self.burst > MAX_GCRA_TOLERANCE_US:
+                    raise ValueError(
+                        "gcra: burst × window / requests must be at most about 31 years "
+                        f"({MAX_GCRA_TOLERANCE_US} µs) so its arithmetic stays exact; "
+                        "lower burst or window_ms"
+                    )
 
     @property
     def capacity(self) -> int:
