@@ -410,6 +410,11 @@ async def test_state_has_a_ttl_and_idle_state_disappears(
     limit = TINY[algorithm]
     probe = Probe(redis, keys)
     first = await probe.limiter.check(probe.key, 1, limit)  # server time: Redis's own clock
+    while algorithm == "fixed_window" and first.reset_after_ms < 15:
+        # Too close to the window's end to read its TTL before it lapses: use a new key in
+        # the next window (windows are aligned to the epoch, so this is a matter of ms).
+        probe = Probe(redis, keys)
+        first = await probe.limiter.check(probe.key, 1, limit)
     assert first.allowed
     pttl = await redis.pttl(probe.state_key)
     assert pttl > 0
