@@ -31,7 +31,7 @@ from core.settings import load_settings
 from core.streams import APPLIERS, EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
-from tests.e2e.test_redis_auth_tls import acl_rules
+from tests.e2e.test_redis_auth_tls import acl_rules, knows_setinfo
 from tests.support.cluster import LocalCluster
 from tests.support.service import ServiceProcess
 
@@ -282,7 +282,8 @@ async def test_acl_user_on_a_cluster(cluster: LocalCluster, prefix: str, tmp_pat
         for node in nodes:
             node.acl_log_reset()
             command: Any = node.execute_command
-            command("ACL", "SETUSER", "throttler", *acl_rules(prefix, password), *CLUSTER_ACL)
+            rules = acl_rules(prefix, password, setinfo=knows_setinfo(node))
+            command("ACL", "SETUSER", "throttler", *rules, *CLUSTER_ACL)
         env = cluster_env(cluster, prefix)
         env["REDIS_URL"] = cluster.url.replace("redis://", f"redis://throttler:{password}@")
         service = ServiceProcess(env).start(tmp_path)

