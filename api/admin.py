@@ -42,6 +42,7 @@ def _services(request: Request[Any, Any, Any]) -> Services:
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid `count` (`validation_error`)."),
         401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
+        503: ResponseSpec(ErrorResponse, description="Redis unavailable."),
     },
 )
 async def dead_letters(
@@ -63,6 +64,7 @@ async def dead_letters(
         400: ResponseSpec(ErrorResponse, description="Invalid request (`validation_error`)."),
         401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
         404: ResponseSpec(ErrorResponse, description="No such dead letter."),
+        503: ResponseSpec(ErrorResponse, description="Redis unavailable."),
     },
 )
 async def replay(request: Request[Any, Any, Any], dead_id: FromPath[str]) -> Replayed:

@@ -9,10 +9,12 @@ import anyio
 import msgspec
 from litestar import Request, WebSocket, get, websocket
 from litestar.exceptions import WebSocketDisconnect
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.auth import admin_guard
+from schemas.http import ErrorResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -31,6 +33,7 @@ Prefix = FromQuery[str]
     "/notifications",
     tags=["notifications"],
     guards=[admin_guard],
+    responses={401: ResponseSpec(ErrorResponse, description="Missing or wrong token.")},
     summary="Limit changes as Server-Sent Events",
     media_type="text/event-stream",
 )

@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _access = logging.getLogger("throttler.access")
+# Litestar adds "; charset=utf-8" to text/* types itself; CONTENT_TYPE_LATEST has it already.
+_PROMETHEUS_TEXT = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 
 class ObservedApp:
@@ -111,7 +113,7 @@ async def name_server_span(request: Request[Any, Any, Any]) -> None:
     "/metrics",
     tags=["probes"],
     summary="Prometheus metrics",
-    media_type=CONTENT_TYPE_LATEST,
+    media_type=_PROMETHEUS_TEXT,
     include_in_schema=True,
 )
 async def metrics_route(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -120,4 +122,4 @@ async def metrics_route(request: Request[Any, Any, Any]) -> Response[bytes]:
     metrics: Metrics = request.app.state.metrics
     with suppress(Exception):  # a scrape must not fail because Redis does
         await record_stream_metrics(services.redis, services.keys, metrics)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.registry), media_type=_PROMETHEUS_TEXT)

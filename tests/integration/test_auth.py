@@ -325,12 +325,6 @@ def _upgrade(service: ServiceProcess, headers: dict[str, str]) -> bytes:
     return reply.split(b"\r\n", 1)[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG pyproject.toml: no WebSocket library (websockets or wsproto) is installed, so "
-    "uvicorn answers the /notifications/ws upgrade as plain HTTP (405 'allow: websocket'): "
-    "the WebSocket works only in-process; add websockets to the dependencies",
-)
 def test_the_websocket_on_a_real_server_needs_the_admin_token(
     tokened_service: ServiceProcess,
 ) -> None:
