@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from litestar import Request, post
+from litestar import Request, Response, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from api.auth import check_guard
 from api.strict import require_strict
-from core.errors import LimitValidationError
+from core.errors import LimitValidationError, RedisUnavailableError
 from schemas.http import BatchRequest, BatchResponse, BatchResult, ErrorResponse
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResul
 )
 async def batch_check(
     request: Request[Any, Any, Any], data: JSONBody[BatchRequest]
-) -> BatchResponse:
+) -> Response[BatchResponse] | BatchResponse:
     """Each item gets its own decision (200 whatever they are; `allowed` is true when all
     are). With `all_or_nothing`, tokens are spent from every listed limit only if all
     allow, atomically; on a Redis Cluster the keys must then share one hash slot (400
@@ -56,10 +56,19 @@ async def batch_check(
     await require_strict(request, BatchRequest)
     services: Services = request.app.state.services
     items = [(item.key, item.tokens) for item in data.checks]
-    if data.all_or_nothing:
-        outcomes = await services.limiter.check_all(items)
-    else:
-        outcomes = await services.limiter.check_many(items)
+    try:
+        if data.all_or_nothing:
+            outcomes = await services.limiter.check_all(items)
+        else:
+            outcomes = await services.limiter.check_many(items)
+    except RedisUnavailableError:
+        policy = services.settings.failure_policy
+        services.metrics.degraded.labels(policy).inc(len(items))
+        if policy == "closed":
+            raise
+        # Fail open, as single checks do: allowed, and marked as not enforced.
+        allowed = [BatchResult(key, True, 0, 0, 0) for key, _ in items]
+        return Response(BatchResponse(True, allowed), headers={"X-RateLimit-Enforced": "false"})
     checks = services.metrics.checks
     for outcome in outcomes:
         if isinstance(outcome, LimitValidationError):

@@ -50,7 +50,7 @@ class Metrics:
         )
         self.redis_errors = Counter(
             "throttler_redis_errors",
-            "Redis calls that failed (connection, timeout, circuit open) by operation.",
+            "Redis calls that failed (connection, timeout) by operation.",
             ["operation"],
             registry=r,
         )

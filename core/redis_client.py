@@ -63,11 +63,11 @@ def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0)
         "socket_connect_timeout": timeout,
         "max_connections": settings.redis_max_connections,
         "health_check_interval": 0,
-        # No silent retries with backoff (redis-py retries 10 times by default): a failed
+        # No silent retries (redis-py retries 10 times with backoff by default): a failed
         # call fails at once and the circuit breaker and FAILURE_POLICY decide what next.
-        # One immediate retry on a connection error only: a pooled connection to a Redis
-        # that restarted is dead, and the retry takes a fresh one. Timeouts never retry.
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # A retry could also run a check twice when a connection dies after the script ran.
+        # Dead pooled connections are caught before use instead (see the pool below).
+        "retry": Retry(NoBackoff(), 0),
     }
     if settings.redis_cluster:
         cluster: Any = RedisCluster.from_url(target, **options)
