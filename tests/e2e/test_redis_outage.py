@@ -73,22 +73,6 @@ def poll_until(http: httpx.Client, url: str, method: str, status: int, deadline_
     raise AssertionError(f"{method} {url} still {last and last.status_code}: {last and last.text}")
 
 
-def answered(http: httpx.Client, method: str, url: str, json: Any = None) -> httpx.Response:
-    """The first answer that is not a 503, within a deadline.
-
-    Right after Redis comes back, a request can still get one 503 when it draws a pooled
-    connection that was opened to the old server ("Connection closed by server"; reported
-    as a bug of the Redis client set-up). A 503 spends nothing, so retrying it keeps the
-    counts below exact.
-    """
-    deadline = time.monotonic() + 5
-    while True:
-        resp = http.request(method, url, json=json)
-        if resp.status_code != 503 or time.monotonic() > deadline:
-            return resp
-        time.sleep(0.05)
-
-
 def assert_down_answers(http: httpx.Client, base: str, key: str) -> None:
     """While Redis cannot answer: every Redis-backed route is a prompt 503."""
     for _ in range(3):  # not only the first request after the outage
@@ -122,7 +106,7 @@ def test_redis_stopped_then_started_again(
         assert http.get(f"{base}/ready").json() == READY
         poll_until(http, f"{base}/rate-limit/k/check", "POST", 200, deadline_s=10)
         # the new server is empty: k is back on the default limit, and checks count again
-        resp = answered(http, "POST", f"{base}/rate-limit/k/check", json={"tokens": 0})
+        resp = http.post(f"{base}/rate-limit/k/check", json={"tokens": 0})
         assert (resp.status_code, resp.json()["limit"]) == (200, 100)
     assert service.proc is not None
     assert service.proc.poll() is None  # the same process throughout
@@ -146,9 +130,9 @@ def test_config_changes_recover_after_redis_restarts_empty(
         # checks may stay 503 a little longer (the circuit breaker's cooldown)
         poll_until(http, f"{base}/rate-limit/probe/check", "POST", 200, deadline_s=10)
         limit = {"requests": 2, "window_ms": 60000}
-        created = answered(http, "POST", f"{base}/rate-limit/k2", json=limit)
+        created = http.post(f"{base}/rate-limit/k2", json=limit)
         assert created.status_code == 201, created.text
-        codes = [answered(http, "POST", f"{base}/rate-limit/k2/check").status_code for _ in "abc"]
+        codes = [http.post(f"{base}/rate-limit/k2/check").status_code for _ in "abc"]
         assert codes == [200, 200, 429]
 
 
@@ -174,7 +158,7 @@ def test_redis_hanging_is_answered_within_a_second(
         poll_until(http, f"{base}/ready", "GET", 200, deadline_s=10)
         assert http.get(f"{base}/ready").json() == READY
         # the paused server kept its data: the limit and the spent token are still there
-        state = answered(http, "GET", f"{base}/rate-limit/kept")
+        state = http.get(f"{base}/rate-limit/kept")
         assert (state.status_code, state.json()["remaining"]) == (200, 4)
-        after = answered(http, "POST", f"{base}/rate-limit/kept/check")
+        after = http.post(f"{base}/rate-limit/kept/check")
         assert (after.status_code, after.json()["remaining"]) == (200, 3)
