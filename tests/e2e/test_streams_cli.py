@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,12 +20,13 @@ from core.settings import Settings, load_settings
 from core.streams import APPLIERS, EVENT_FIELD, publish
 from schemas.events import AuditEvent, SetLimit
 from schemas.limits import Limit
+from tests.support.poll import until
 from tests.support.service import ServiceProcess
 from workers.runner import Worker
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from redis.asyncio import Redis
@@ -35,17 +35,6 @@ pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
 _audit = msgspec.json.Decoder(AuditEvent)
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], seconds: float = 15.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {seconds} s"
-        await anyio.sleep(0.02)
 
 
 def _env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import sys
-import time
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -26,10 +25,11 @@ from core.settings import Settings, load_settings
 from core.streams import EVENT_FIELD
 from schemas.events import AuditEvent, DeadLetter, LimitChanged, SetLimit
 from schemas.limits import Limit
+from tests.support.poll import until
 from workers.runner import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
 
     from redis.asyncio import Redis
 
@@ -41,17 +41,6 @@ DOC = ROOT / "docs" / "streams.md"
 EXAMPLE = ROOT / "docs" / "examples" / "publish.py"
 SCHEMA = ROOT / "docs" / "config-event.schema.json"
 _audit = msgspec.json.Decoder(AuditEvent)
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], seconds: float = 15.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {seconds} s"
-        await anyio.sleep(0.02)
 
 
 @asynccontextmanager

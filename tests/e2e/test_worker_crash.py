@@ -3,10 +3,8 @@ nothing is lost, nothing is applied twice or out of order, nothing is left pendi
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import msgspec
 import pytest
 
@@ -15,10 +13,11 @@ from core.keys import KeySpace
 from core.streams import APPLIERS, EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
+from tests.support.poll import until
 from tests.support.service import ServiceProcess
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable
     from pathlib import Path
 
     from redis.asyncio import Redis
@@ -28,17 +27,6 @@ pytestmark = pytest.mark.anyio
 T = TypeVar("T")
 CHANGES, KEYS = 5000, 500
 _audit = msgspec.json.Decoder(AuditEvent)
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], seconds: float) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {seconds} s"
-        await anyio.sleep(0.005)
 
 
 def worker(redis_url: str, prefix: str, consumer: str) -> ServiceProcess:
@@ -80,7 +68,7 @@ async def test_kill_9_mid_way_then_another_worker_finishes_exactly(
             done = await redis.xlen(keys.audit_stream) >= CHANGES // 10
             return done and bool(await pending_ids(redis, keys, "crash-1"))
 
-        await until(mid_batch, seconds=20)
+        await until(mid_batch, seconds=20, interval=0.005)
         assert first.proc is not None
         first.proc.kill()  # SIGKILL by pid: no goodbye, no ack, no heartbeat cleanup
         assert first.proc.wait(10) == -9
@@ -100,7 +88,7 @@ async def test_kill_9_mid_way_then_another_worker_finishes_exactly(
             audited = await redis.xlen(keys.audit_stream) == CHANGES
             return audited and not await pending_ids(redis, keys)
 
-        await until(complete, seconds=30)
+        await until(complete, seconds=30, interval=0.005)
         assert second.stop() == 0
     finally:
         first.stop()

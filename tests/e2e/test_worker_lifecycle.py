@@ -18,12 +18,12 @@ from core.keys import KeySpace
 from core.streams import APPLIERS, EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
+from tests.support.poll import until
 from tests.support.service import ServiceProcess
 from workers.heartbeat import default_consumer_name
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from redis.asyncio import Redis
@@ -32,17 +32,6 @@ pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
 _audit = msgspec.json.Decoder(AuditEvent)
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], seconds: float) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {seconds} s"
-        await anyio.sleep(0.005)
 
 
 def _env(redis_url: str, prefix: str) -> dict[str, str]:
@@ -83,7 +72,7 @@ async def test_heartbeat_check_and_sigterm(
     beat = keys.heartbeat(APPLIERS, consumer)
     second: ServiceProcess | None = None
     try:
-        await until(lambda: redis.exists(beat), seconds=20)
+        await until(lambda: redis.exists(beat), seconds=20, interval=0.005)
         ttl = await redis.pttl(beat)
         assert 0 < ttl <= 15_000
         alive = await check(env)
@@ -102,7 +91,7 @@ async def test_heartbeat_check_and_sigterm(
         async def started() -> bool:
             return await redis.xlen(keys.audit_stream) >= count // 10
 
-        await until(started, seconds=20)
+        await until(started, seconds=20, interval=0.005)
         proc.signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         popen = proc.proc
@@ -130,7 +119,7 @@ async def test_heartbeat_check_and_sigterm(
         async def complete() -> bool:
             return await redis.xlen(keys.audit_stream) == count
 
-        await until(complete, seconds=20)
+        await until(complete, seconds=20, interval=0.005)
         assert second.stop() == 0
     finally:
         proc.stop()

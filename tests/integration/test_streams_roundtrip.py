@@ -32,11 +32,12 @@ from core.settings import Settings, load_settings
 from core.streams import APPLIERS, EVENT_FIELD
 from core.telemetry import Telemetry
 from schemas.events import AuditEvent, LimitChanged, config_event_decoder
+from tests.support.poll import until
 from throttler.cli import build_app
 from workers.runner import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
 
     from litestar import Litestar
     from redis.asyncio import Redis
@@ -49,17 +50,6 @@ LIMIT = {"requests": 10, "window_ms": 60000, "algorithm": "token_bucket", "burst
 _audit = msgspec.json.Decoder(AuditEvent)
 _note = msgspec.json.Decoder(LimitChanged)
 T = TypeVar("T")
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], seconds: float = 10.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {seconds} s"
-        await anyio.sleep(0.02)
 
 
 async def audit_of(redis: Redis, keys: KeySpace, config_id: str) -> AuditEvent | None:
@@ -147,7 +137,7 @@ async def test_round_trip_post_apply_get_audit_notify(
         assert note.request_id == event.request_id
 
         # Exactly one audit record per change, with before / after / result / actor.
-        audits = [await until(partial(audit_of, redis, keys, i)) for i in ids]
+        audits = [await until(partial(audit_of, redis, keys, i), 10.0) for i in ids]
         limit_20 = {**LIMIT, "requests": 20}
         assert [
             (a.result, msgspec.to_builtins(a.before), msgspec.to_builtins(a.after)) for a in audits
@@ -219,7 +209,7 @@ async def test_no_worker_answers_202_and_a_later_worker_applies(
         assert config_event_decoder.decode(rows[0][1][EVENT_FIELD.encode()]).key == "late:1"
 
         async with running_worker(settings, "late-worker"):
-            audit = await until(lambda: audit_of(redis, keys, event_id))
+            audit = await until(lambda: audit_of(redis, keys, event_id), 10.0)
         assert (audit.result, audit.worker) == ("created", "late-worker")
         assert (await audit_of(redis, keys, removed.json()["event_id"])) is not None
         got = await client.get("/rate-limit/late:1")
@@ -245,7 +235,7 @@ async def test_one_trace_from_request_through_apply_and_audit(
         async def audited_async() -> Any:
             return audited()
 
-        spans = await until(audited_async)
+        spans = await until(audited_async, 10.0)
     provider.shutdown()
     by_name = {s.name: s for s in spans}
     send = by_name[f"send {keys.config_stream}"]
@@ -278,7 +268,7 @@ async def test_one_trace_from_request_through_apply_and_audit(
     # The audit record carries the traceparent of the apply span.
     assert apply.context is not None
     config_id = str(process.attributes["messaging.message.id"])
-    record = await until(lambda: audit_of(redis, keys, config_id))
+    record = await until(lambda: audit_of(redis, keys, config_id), 10.0)
     assert record.traceparent == (
         f"00-{apply.context.trace_id:032x}-{apply.context.span_id:016x}-"
         f"{apply.context.trace_flags:02x}"

@@ -28,6 +28,7 @@ from schemas.events import (
     SetLimit,
 )
 from schemas.limits import Limit
+from tests.support.poll import until
 from tests.support.servers import RedisProcess
 from workers.runner import Worker
 
@@ -42,17 +43,6 @@ T = TypeVar("T")
 _audit = msgspec.json.Decoder(AuditEvent)
 _dead = msgspec.json.Decoder(DeadLetter)
 FAST = {"WORKER_CLAIM_IDLE_MS": "100", "WORKER_CLAIM_INTERVAL_MS": "100"}
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], seconds: float = 15.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {seconds} s"
-        await anyio.sleep(0.02)
 
 
 def _settings(redis_url: str, prefix: str, **extra: str) -> Settings:
