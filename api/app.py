@@ -29,7 +29,7 @@ from core.limiter import Limiter
 from core.metrics import Metrics
 from core.mutations import Mutations
 from core.notifications import NotificationHub
-from core.redis_client import connect, describe
+from core.redis_client import connect, describe, prepare
 from core.telemetry import Telemetry
 from core.version import VERSION
 from schemas.limits import Limit
@@ -94,6 +94,7 @@ def create_app(
         app.state.services = services
         app.state.metrics = metrics
         _log.info("api starting; redis %s", describe(settings))
+        await prepare(services.redis)
         hub_task = asyncio.create_task(services.hub.run(), name="notifications")
         with anyio.move_on_after(2):
             await services.hub.subscribed.wait()

@@ -48,7 +48,7 @@ def _result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResul
 )
 async def batch_check(
     request: Request[Any, Any, Any], data: JSONBody[BatchRequest]
-) -> Response[BatchResponse] | BatchResponse:
+) -> Response[BatchResponse]:
     """Each item gets its own decision (200 whatever they are; `allowed` is true when all
     are). With `all_or_nothing`, tokens are spent from every listed limit only if all
     allow, atomically; on a Redis Cluster the keys must then share one hash slot (400
@@ -76,7 +76,7 @@ async def batch_check(
         else:
             checks.labels(outcome.algorithm, "allowed" if outcome.allowed else "denied").inc()
     results = [_result(key, o) for (key, _), o in zip(items, outcomes, strict=True)]
-    return BatchResponse(all(r.allowed for r in results), results)
+    return Response(BatchResponse(all(r.allowed for r in results), results))
 
 
 BATCH_ROUTES = [batch_check]

@@ -1,4 +1,8 @@
-"""The single writer of limits: every create, replace and delete goes through :meth:`apply`.
+"""The writer of limits: every create, replace and delete goes through :meth:`apply`.
+
+The one other write is a check that carries an inline limit for a key that has none
+(``decide.lua``): it stores that limit at no stream version, so any published change
+supersedes it; it is not audited or announced (docs/streams.md).
 
 Apply is one script call, idempotent and ordered by a version (the config stream entry id):
 a change older than what the key holds is skipped as ``stale``.
@@ -37,7 +41,7 @@ class ApplyResult:
 
 
 class ConfigStore:
-    """Reads and writes limits. :meth:`apply` is the only code that writes one."""
+    """Reads and writes limits; :meth:`apply` writes every published change."""
 
     __slots__ = ("_keys", "_redis", "_tombstone_ms")
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from redis.crc import key_slot
 
-from core.errors import LimitValidationError, NotFoundError
+from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
 from core.pipelining import AutoPipeline
-from core.redis_client import is_cluster, unavailable
+from core.redis_client import UNAVAILABLE_ERRORS, is_cluster, unavailable
 from core.scripts import CHECK, CHECK_ALL
 from schemas.limits import ALGORITHMS, Algorithm, Limit
 
@@ -138,6 +138,8 @@ class Limiter:
         )
         out: list[CheckResult | LimitValidationError] = []
         for (_, tokens), reply in zip(items, replies, strict=True):
+            if isinstance(reply, UNAVAILABLE_ERRORS):
+                raise RedisUnavailableError(f"check_many: {type(reply).__name__}: {reply}")
             if isinstance(reply, Exception):
                 raise reply
             try:
@@ -166,10 +168,9 @@ class Limiter:
             )
         args: list[int | str] = ["" if now_us is None else now_us, *self._default_args]
         args += list(merged.values())
-        call = partial(
-            unavailable, partial(CHECK_ALL, self._redis, keys, args), "check_all", self._metrics
+        reply: list[Any] = await self._guarded(
+            partial(CHECK_ALL, self._redis, keys, args), "check_all"
         )
-        reply: list[Any] = await (call() if self._breaker is None else self._breaker.call(call))
         by_key: dict[str, CheckResult | LimitValidationError] = {}
         for key, item in zip(merged, reply[1:], strict=True):
             try:

@@ -5,7 +5,10 @@ Driver exceptions are translated here, once, into :class:`RedisUnavailableError`
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -13,6 +16,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
     TryAgainError,
 )
 from redis.exceptions import (
@@ -29,19 +35,30 @@ from core.settings import Settings, redact_url
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-__all__ = ["UNAVAILABLE_ERRORS", "connect", "is_cluster", "unavailable"]
+__all__ = [
+    "UNAVAILABLE_ERRORS",
+    "cluster_concurrency",
+    "connect",
+    "is_cluster",
+    "prepare",
+    "unavailable",
+]
 
 if TYPE_CHECKING:
     from core.metrics import Metrics
 
 T = TypeVar("T")
 
-#: What counts as "Redis could not answer" (as opposed to a bug or a bad command).
+#: What counts as "Redis could not answer" (as opposed to a bug or a bad command): also a
+#: full Redis (noeviction), a demoted master after a failover, a master that is down.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ClusterDownError,
     TryAgainError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    MasterDownError,
     OSError,
 )
 
@@ -71,6 +88,8 @@ def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0)
     }
     if settings.redis_cluster:
         cluster: Any = RedisCluster.from_url(target, **options)
+        # Half the pool per node: room for the worker, probes and pub/sub beside checks.
+        _cluster_limits[cluster] = asyncio.Semaphore(max(1, settings.redis_max_connections // 2))
         client: Redis = cluster
         return client
     # A blocking pool: past max_connections a call waits (up to the timeout) for a free
@@ -86,6 +105,32 @@ def connect(settings: Settings, url: str | None = None, *, blocking_ms: int = 0)
         **options,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+_cluster_limits: weakref.WeakKeyDictionary[object, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def cluster_concurrency(client: object) -> asyncio.Semaphore:
+    """Bounds the commands a process sends at once to a cluster client: its node pools
+    refuse (MaxConnectionsError) rather than wait once REDIS_MAX_CONNECTIONS are in use."""
+    limit = _cluster_limits.get(client)
+    if limit is None:
+        limit = _cluster_limits[client] = asyncio.Semaphore(32)
+    return limit
+
+
+async def prepare(client: Redis) -> None:
+    """Make a cluster client learn the cluster's layout before any concurrent use.
+
+    redis-py's asyncio cluster client initializes lazily; many first commands at once race
+    that initialization, and a connection error makes it re-initialize, disconnecting the
+    connections other commands are using: under load one error became hundreds. Errors are
+    left to the first real command (Redis may be down at start-up).
+    """
+    if is_cluster(client):
+        cluster: Any = client
+        with suppress(*UNAVAILABLE_ERRORS):
+            await cluster.initialize()
 
 
 def is_cluster(client: object) -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from core.redis_client import is_cluster
+from core.redis_client import cluster_concurrency, is_cluster
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -83,11 +83,16 @@ class Script:
         for index, (keys, _) in enumerate(calls):
             chains[keys[0]].append(index)
 
+        # The node pools refuse (MaxConnectionsError) rather than wait once
+        # REDIS_MAX_CONNECTIONS are busy: bound what is in flight.
+        limit = cluster_concurrency(client)
+
         async def run(indices: list[int]) -> None:
             for i in indices:
                 try:
-                    replies[i] = await self(client, *calls[i])
-                except Exception as exc:
+                    async with limit:
+                        replies[i] = await self(client, *calls[i])
+                except Exception as exc:  # returned per call, as a pipeline does
                     replies[i] = exc
 
         await asyncio.gather(*(run(chain) for chain in chains.values()))

@@ -36,18 +36,26 @@ _log = logging.getLogger("throttler")
 _SERVE_WORKER = "THROTTLER_SERVE_WORKER"  # set by `serve` for its server processes
 
 SETTINGS_HELP = """\
-environment (a .env file in the working directory is read too):
+environment (a .env file in the working directory is read too; README.md lists all):
   BIND_ADDRESS         host:port to listen on (default 127.0.0.1:8080)
   REDIS_URL            redis://[user:password@]host:port/db, rediss:// for TLS; unset:
                        start an embedded server on loopback (serve only)
   REDIS_CLUSTER        true to talk to a Redis Cluster (default false)
   REDIS_TIMEOUT_MS     timeout of every Redis call (default 500)
+  REDIS_MAX_CONNECTIONS  connections per process (default 64)
   DEFAULT_CAPACITY     burst of the default limit (default 100)
   DEFAULT_REFILL_RATE  tokens per second of the default limit (default 10)
   KEY_PREFIX           prefix of every Redis key (default throttler)
-  LOG_LEVEL            debug, info, warning, error (default info)
+  FAILURE_POLICY       closed (503 when Redis cannot answer) or open (allow, marked)
+  BREAKER_FAILURES     consecutive Redis failures that open the circuit (default 5)
+  BREAKER_COOLDOWN_MS  how long the circuit stays open before a probe (default 1000)
+  ADMIN_TOKEN          bearer token for limit CRUD, dead letters, notifications
+  CHECK_TOKEN          bearer token for checks (unset: checks are open)
+  MAX_BODY_BYTES       larger request bodies get 413 (default 1048576)
+  LOG_LEVEL            debug, info, warning, error, critical (default info)
   LOG_FORMAT           json or console (default json)
   APPLY_WAIT_MS        how long a config change waits to be applied (default 2000)
+  OTEL_EXPORTER_OTLP_ENDPOINT and other OTEL_* variables: tracing (off when unset)
 """
 
 

@@ -18,7 +18,7 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from core.redis_client import is_cluster, unavailable
+from core.redis_client import cluster_concurrency, is_cluster, unavailable
 from core.scripts import FINISH
 from core.streams import APPLIERS, EVENT_FIELD, encode, now_ms
 from core.telemetry import Telemetry, context_from
@@ -251,7 +251,13 @@ class Applier:
     async def _publish(self, notes: list[bytes]) -> None:
         channel = self._keys.notify_channel
         if is_cluster(self._redis):  # cluster pipelines refuse PUBLISH
-            await asyncio.gather(*(self._redis.publish(channel, n) for n in notes))
+            limit = cluster_concurrency(self._redis)
+
+            async def publish(note: bytes) -> None:
+                async with limit:
+                    await self._redis.publish(channel, note)
+
+            await asyncio.gather(*(publish(n) for n in notes))
             return
         pipe = self._redis.pipeline(transaction=False)
         for note in notes:

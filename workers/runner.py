@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
 from core.metrics import record_stream_metrics
-from core.redis_client import UNAVAILABLE_ERRORS, connect
+from core.redis_client import UNAVAILABLE_ERRORS, connect, prepare
 from core.streams import APPLIERS, AUDITORS, ensure_group
 from workers.applier import Applier, Entry
 from workers.audit import Auditor
@@ -115,6 +115,8 @@ class Worker:
         self.stopping.set()
 
     async def _until_ready(self) -> None:
+        await prepare(self.redis)
+        await prepare(self.reader)
         while not self.stopping.is_set():
             try:
                 await ensure_group(self.redis, self.keys.config_stream, APPLIERS)

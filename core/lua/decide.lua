@@ -15,6 +15,20 @@ elseif mode == 'p' then
 else
   alg, req, win, burst = f_alg, f_req, f_win, f_burst
   create = mode == 'i'
+  if create and n == 0 then
+    -- A peek changes nothing, so it creates nothing: it answers as the inline limit
+    -- would. A default limit's bucket does not count under another algorithm: fresh.
+    create = false
+    if alg ~= 1 and redis.call('EXISTS', st_key) == 1 then
+      local capacity = req
+      if alg == 4 then
+        capacity = burst ~= 0 and burst or req
+      end
+      local t = now
+      return {1, capacity, capacity, 0, 0, math.floor(t / 1000), alg, req, win,
+              (alg == 4) and capacity or 0}
+    end
+  end
 end
 
 local capacity = req

@@ -10,6 +10,7 @@ built by a fixture from the same redis-server binary (REDIS_CLUSTER=true).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -25,7 +26,7 @@ from redis.crc import key_slot
 from core.config_store import ConfigStore
 from core.keys import KeySpace
 from core.limiter import Limiter
-from core.redis_client import connect
+from core.redis_client import connect, prepare
 from core.scripts import APPLY, CHECK, FINISH
 from core.settings import load_settings
 from core.streams import APPLIERS, EVENT_FIELD, publish_many
@@ -73,6 +74,7 @@ async def client(cluster: LocalCluster, prefix: str) -> Any:
     """An asyncio RedisCluster client, made as the service makes its own."""
     settings = load_settings(cluster_env(cluster, prefix), env_file=None)
     redis = connect(settings)
+    await prepare(redis)
     try:
         yield redis
     finally:
@@ -379,3 +381,16 @@ async def test_worker_killed_mid_way_another_finishes(
         assert await store.get(key) == event.limit, key
         assert await store.version(key) == entry_id, key
     assert await client.xlen(keys.dead_stream) == 0
+
+
+@pytest.mark.anyio
+async def test_many_concurrent_checks_on_many_keys_all_succeed(client: Any, prefix: str) -> None:
+    """A cluster's node pools refuse past REDIS_MAX_CONNECTIONS instead of waiting: the
+    per-key fan-out is bounded, so a burst on a healthy cluster never becomes 503s."""
+    limiter = Limiter(client, KeySpace(prefix), Limit(10, 60_000))
+    results = await asyncio.gather(
+        *(limiter.check(f"burst-{i}") for i in range(400)), return_exceptions=True
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
+    assert all(r.allowed for r in results if not isinstance(r, BaseException))

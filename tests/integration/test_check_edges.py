@@ -1,0 +1,67 @@
+"""Edges of the check path: peeks with an inline limit, and a Redis that is full."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
+
+from core.settings import load_settings
+from tests.support.servers import RedisProcess
+from throttler.cli import build_app
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window", "fixed_window", "gcra"])
+async def test_a_peek_with_an_inline_limit_creates_nothing(
+    client: AsyncTestClient[Any], algorithm: str
+) -> None:
+    spent = await client.post("/rate-limit/peeked/check", json={"tokens": 5})
+    assert spent.json()["remaining"] == 95  # the default limit
+    inline = {"tokens": 0, "requests": 3, "window_ms": 60000, "algorithm": algorithm}
+    peek = await client.post("/rate-limit/peeked/check", json=inline)
+    assert peek.status_code == 200
+    assert (peek.json()["limit"], peek.json()["allowed"]) == (3, True)
+    assert (await client.get("/rate-limit/peeked")).status_code == 404  # no limit stored
+    # ...and what was spent under the default limit is still spent.
+    assert (await client.post("/rate-limit/peeked/check", json={"tokens": 0})).json()[
+        "remaining"
+    ] == 95
+
+
+@pytest.fixture
+def full_redis() -> Iterator[RedisProcess]:
+    server = RedisProcess(extra=["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def test_a_full_redis_is_unavailable_not_an_internal_error(
+    full_redis: RedisProcess, prefix: str
+) -> None:
+    filler = Redis.from_url(full_redis.url)
+    try:
+        with pytest.raises(OutOfMemoryError):  # noqa: PT012 - fill until Redis refuses
+            for i in range(10_000):
+                await filler.set(f"fill:{i}", b"x" * 65536)
+    finally:
+        await filler.aclose()
+    settings = load_settings(
+        {"REDIS_URL": full_redis.url, "KEY_PREFIX": prefix, "WORKER_BLOCK_MS": "50"},
+        env_file=None,
+    )
+    async with AsyncTestClient(app=build_app(settings, worker=False)) as client:
+        single = await client.post("/rate-limit/k/check")
+        assert (single.status_code, single.json()["error"]) == (503, "redis_unavailable")
+        batch = await client.post("/check", json={"checks": [{"key": "k"}]})
+        assert (batch.status_code, batch.json()["error"]) == (503, "redis_unavailable")
