@@ -1,4 +1,4 @@
-"""Edges of the check path: peeks with an inline limit, and a Redis that is full."""
+"""Edges of the check path: peeks with an inline limit, and a Redis that refuses writes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import ReadOnlyError
 
+from core.embedded import free_port
 from core.settings import load_settings
 from tests.support.servers import RedisProcess
 from throttler.cli import build_app
@@ -37,27 +38,28 @@ async def test_a_peek_with_an_inline_limit_creates_nothing(
 
 
 @pytest.fixture
-def full_redis() -> Iterator[RedisProcess]:
-    server = RedisProcess(extra=["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
-    server.start()
+def replica() -> Iterator[RedisProcess]:
+    """A read-only replica, as a demoted master is after a failover: writes are refused."""
+    server = RedisProcess().start()
     try:
         yield server
     finally:
         server.close()
 
 
-async def test_a_full_redis_is_unavailable_not_an_internal_error(
-    full_redis: RedisProcess, prefix: str
+async def test_a_redis_that_refuses_writes_is_unavailable_not_an_internal_error(
+    replica: RedisProcess, prefix: str
 ) -> None:
-    filler = Redis.from_url(full_redis.url)
+    admin = Redis.from_url(replica.url)
     try:
-        with pytest.raises(OutOfMemoryError):  # noqa: PT012 - fill until Redis refuses
-            for i in range(10_000):
-                await filler.set(f"fill:{i}", b"x" * 65536)
+        # Follow a master that does not exist: the server turns into a read-only replica.
+        await admin.replicaof("127.0.0.1", free_port())
+        with pytest.raises(ReadOnlyError):
+            await admin.set("probe", 1)
     finally:
-        await filler.aclose()
+        await admin.aclose()
     settings = load_settings(
-        {"REDIS_URL": full_redis.url, "KEY_PREFIX": prefix, "WORKER_BLOCK_MS": "50"},
+        {"REDIS_URL": replica.url, "KEY_PREFIX": prefix, "WORKER_BLOCK_MS": "50"},
         env_file=None,
     )
     async with AsyncTestClient(app=build_app(settings, worker=False)) as client:
