@@ -34,7 +34,7 @@ from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
 from tests.e2e.test_redis_auth_tls import acl_rules, knows_setinfo
 from tests.support.cluster import LocalCluster
-from tests.support.service import ServiceProcess
+from tests.support.service import ServiceProcess, running
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -153,16 +153,8 @@ def two_services(
 ) -> Iterator[list[ServiceProcess]]:
     env = cluster_env(cluster, f"t{uuid.uuid4().hex[:12]}")
     procs = [ServiceProcess(dict(env)), ServiceProcess(dict(env))]
-    where = tmp_path_factory.mktemp("cluster")
-    try:
-        for proc in procs:
-            proc.start(where, wait=False)
-        for proc in procs:
-            proc.wait_healthy()
+    with running(procs, tmp_path_factory.mktemp("cluster")):
         yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 async def window_far_from_its_end(http: httpx.AsyncClient, base: str) -> int:

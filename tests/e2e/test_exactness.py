@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.support.service import ServiceProcess
+from tests.support.service import ServiceProcess, running
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,16 +35,8 @@ def services(
         "WORKER_BLOCK_MS": "100",  # only makes the in-process workers stop sooner
     }
     procs = [ServiceProcess(dict(env)), ServiceProcess(dict(env))]
-    tmp = tmp_path_factory.mktemp("exactness")
-    try:
-        for proc in procs:
-            proc.start(tmp, wait=False)
-        for proc in procs:
-            proc.wait_healthy()
+    with running(procs, tmp_path_factory.mktemp("exactness")):
         yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 def fixed_window_far_from_a_boundary(redis_url: str) -> int:

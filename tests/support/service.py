@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,9 +16,10 @@ import httpx
 from core.embedded import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
-__all__ = ["ServiceProcess"]
+__all__ = ["ServiceProcess", "running"]
 
 
 @dataclass
@@ -84,3 +86,17 @@ class ServiceProcess:
         code = self.proc.returncode
         self.proc = None
         return code
+
+
+@contextlib.contextmanager
+def running(procs: list[ServiceProcess], tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    """Start every process (in parallel), wait until each is healthy, stop them all after."""
+    try:
+        for proc in procs:
+            proc.start(tmp_path, wait=False)
+        for proc in procs:
+            proc.wait_healthy()
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
