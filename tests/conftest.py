@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from core.keys import KeySpace
 from core.settings import Settings, load_settings
-from tests.support.servers import session_redis_url
+from tests.support.servers import RedisProcess, session_redis_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -27,6 +27,17 @@ def anyio_backend() -> str:
 def redis_url() -> Iterator[str]:
     with session_redis_url() as url:
         yield url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A Redis of the test's own, to stop, pause (SIGSTOP) or restart; killed at the end
+    (SIGKILL ends a paused process too)."""
+    server = RedisProcess().start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

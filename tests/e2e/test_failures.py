@@ -24,12 +24,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from tests.support.servers import RedisProcess
 from tests.support.service import ServiceProcess
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
+
+    from tests.support.servers import RedisProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -159,25 +160,14 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def server() -> Iterator[RedisProcess]:
-    proc = RedisProcess().start()
-    try:
-        yield proc
-    finally:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.proc.send_signal(signal.SIGCONT)  # a paused server would never exit
-        proc.close()
-
-
-@pytest.fixture
 def start_service(
-    server: RedisProcess, prefix: str, tmp_path: Path
+    own_redis: RedisProcess, prefix: str, tmp_path: Path
 ) -> Iterator[Callable[[str], ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def start(policy: str) -> ServiceProcess:
         env = {
-            "REDIS_URL": server.url,
+            "REDIS_URL": own_redis.url,
             "KEY_PREFIX": prefix,
             "FAILURE_POLICY": policy,
             "REDIS_TIMEOUT_MS": str(TIMEOUT_MS),
@@ -236,7 +226,7 @@ def assert_ready_told_the_truth(
 
 
 async def test_closed_policy_redis_killed_then_restarted(
-    start_service: Callable[[str], ServiceProcess], server: RedisProcess
+    start_service: Callable[[str], ServiceProcess], own_redis: RedisProcess
 ) -> None:
     service = start_service("closed")
     async with client(service) as http:
@@ -246,13 +236,13 @@ async def test_closed_policy_redis_killed_then_restarted(
             await checks.wait_for(is_ok, 50, after=0, within=10)
             await ready.wait_for(is_ok, 2, after=0, within=10)
 
-            server.stop()  # SIGKILL: connections reset, the port refuses
+            own_redis.stop()  # SIGKILL: connections reset, the port refuses
             killed = time.monotonic()
             await checks.wait_for(is_unavailable, 50, after=killed, within=5)
             await ready.wait_for(is_unavailable, 3, after=killed, within=5)
             assert metric(await scrape(http), "throttler_circuit_open") == 1
 
-            server.start()  # the same port, an empty server (no scripts, no keys)
+            own_redis.start()  # the same port, an empty server (no scripts, no keys)
             restarted = time.monotonic()
             recovered = await checks.wait_for(is_ok, 20, after=restarted, within=RECOVERY_S)
             await ready.wait_for(is_ok, 3, after=restarted, within=RECOVERY_S)
@@ -279,7 +269,7 @@ async def test_closed_policy_redis_killed_then_restarted(
 
 
 async def test_open_policy_allows_and_marks_unenforced_decisions(
-    start_service: Callable[[str], ServiceProcess], server: RedisProcess
+    start_service: Callable[[str], ServiceProcess], own_redis: RedisProcess
 ) -> None:
     service = start_service("open")
     async with client(service) as http:
@@ -287,11 +277,11 @@ async def test_open_policy_allows_and_marks_unenforced_decisions(
         ready = Traffic(http, "GET", "/ready", 1)
         async with checks.running(), ready.running(pause_s=0.02):
             await checks.wait_for(is_ok, 50, after=0, within=10)
-            server.stop()
+            own_redis.stop()
             killed = time.monotonic()
             await checks.wait_for(lambda s: "x-ratelimit-enforced" in s.headers, 50, killed, 5)
             await ready.wait_for(is_unavailable, 3, after=killed, within=5)
-            server.start()
+            own_redis.start()
             restarted = time.monotonic()
             recovered = await checks.wait_for(
                 lambda s: s.status == 200 and "x-ratelimit-enforced" not in s.headers,
@@ -324,19 +314,19 @@ async def test_open_policy_allows_and_marks_unenforced_decisions(
 
 
 async def test_hung_redis_answers_within_the_timeout_budget_and_the_breaker_makes_it_fast(
-    start_service: Callable[[str], ServiceProcess], server: RedisProcess
+    start_service: Callable[[str], ServiceProcess], own_redis: RedisProcess
 ) -> None:
     """SIGSTOP: connections stay open and nothing answers, so every call waits for its
     timeout until the circuit opens; from then on a check does not wait at all."""
     service = start_service("closed")
-    assert server.proc is not None
+    assert own_redis.proc is not None
     async with client(service) as http:
         checks = Traffic(http, "POST", "/rate-limit/hung/check", CONCURRENCY)
         ready = Traffic(http, "GET", "/ready", 1)
         try:
             async with checks.running(), ready.running(pause_s=0.02):
                 await checks.wait_for(is_ok, 50, after=0, within=10)
-                server.proc.send_signal(signal.SIGSTOP)
+                own_redis.proc.send_signal(signal.SIGSTOP)
                 paused = time.monotonic()
                 await checks.wait_for(is_unavailable, 50, after=paused, within=5)
                 await ready.wait_for(is_unavailable, 2, after=paused, within=5)
@@ -351,7 +341,7 @@ async def test_hung_redis_answers_within_the_timeout_budget_and_the_breaker_make
                 assert resp.status_code == 503
             assert statistics.median(took) < TIMEOUT_MS / 1000 / 4, took
         finally:
-            server.proc.send_signal(signal.SIGCONT)
+            own_redis.proc.send_signal(signal.SIGCONT)
         resumed = time.monotonic()
         deadline = resumed + RECOVERY_S
         while (await http.post("/rate-limit/hung/check")).status_code != 200:
@@ -370,13 +360,13 @@ async def test_hung_redis_answers_within_the_timeout_budget_and_the_breaker_make
 
 
 async def test_script_flush_mid_run_causes_no_error(
-    start_service: Callable[[str], ServiceProcess], server: RedisProcess
+    start_service: Callable[[str], ServiceProcess], own_redis: RedisProcess
 ) -> None:
     """SCRIPT FLUSH, repeatedly, while 600 concurrent checks run on a limit of 300: each
     is answered 200 or 429 and exactly 300 are admitted."""
     service = start_service("closed")
     limit = 300
-    flusher = Redis.from_url(server.url)
+    flusher = Redis.from_url(own_redis.url)
     statuses: list[int] = []
     flushes = 0
     try:

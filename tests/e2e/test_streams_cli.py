@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -15,18 +14,16 @@ import pytest
 
 from core.config_store import ConfigStore
 from core.keys import KeySpace
-from core.redis_client import connect
-from core.settings import Settings, load_settings
+from core.settings import load_settings
 from core.streams import APPLIERS, EVENT_FIELD, publish
 from schemas.events import AuditEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until
 from tests.support.service import ServiceProcess
-from workers.runner import Worker
+from tests.support.worker import running_worker
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from redis.asyncio import Redis
@@ -54,19 +51,6 @@ async def throttler(
         return await anyio.run_process(
             [sys.executable, "-m", "throttler", *args], env={**os.environ, **env}, check=False
         )
-
-
-@asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    redis = connect(settings)
-    worker = Worker(redis, KeySpace(settings.key_prefix), settings, "cli-test")
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            yield worker
-            worker.stop()
-    finally:
-        await redis.aclose()
 
 
 async def test_apply_10000_limits_and_wait(
@@ -139,7 +123,7 @@ async def test_dead_letters_list_and_replay(
     failing = await publish(redis, keys, SetLimit(key="broken", limit=limit), 1000)
     await redis.xadd(keys.config_stream, {EVENT_FIELD: "garbage"})
 
-    async with running_worker(settings):
+    async with running_worker(settings, "cli-test"):
 
         async def two_letters() -> bool:
             return await redis.xlen(keys.dead_stream) == 2

@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import sys
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,17 +19,14 @@ import pytest
 
 from core.config_store import ConfigStore
 from core.keys import KeySpace
-from core.redis_client import connect
 from core.settings import Settings, load_settings
 from core.streams import EVENT_FIELD
 from schemas.events import AuditEvent, DeadLetter, LimitChanged, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until
-from workers.runner import Worker
+from tests.support.worker import running_worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from redis.asyncio import Redis
 
 pytestmark = pytest.mark.anyio
@@ -41,19 +37,6 @@ DOC = ROOT / "docs" / "streams.md"
 EXAMPLE = ROOT / "docs" / "examples" / "publish.py"
 SCHEMA = ROOT / "docs" / "config-event.schema.json"
 _audit = msgspec.json.Decoder(AuditEvent)
-
-
-@asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    redis = connect(settings)
-    worker = Worker(redis, KeySpace(settings.key_prefix), settings, "docs")
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            yield worker
-            worker.stop()
-    finally:
-        await redis.aclose()
 
 
 async def audit_of(redis: Redis, keys: KeySpace, config_id: str) -> AuditEvent | None:
@@ -78,7 +61,7 @@ def test_the_doc_shows_the_example_file_verbatim() -> None:
 async def test_the_redis_py_example_is_applied(redis_url: str, prefix: str, redis: Redis) -> None:
     settings = _settings(redis_url, prefix)
     keys = KeySpace(prefix)
-    async with running_worker(settings):
+    async with running_worker(settings, "docs"):
         with anyio.fail_after(30):
             done = await anyio.run_process(
                 [sys.executable, str(EXAMPLE)],
@@ -106,7 +89,7 @@ async def test_the_redis_cli_lines_are_applied(redis_url: str, prefix: str, redi
     keys = KeySpace(prefix)
     store = ConfigStore(redis, keys, 1000)
     results = []
-    async with running_worker(settings):
+    async with running_worker(settings, "docs"):
         for line in lines:
             argv = shlex.split(line)
             assert argv[2] == "{throttler}:config"

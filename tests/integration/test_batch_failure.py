@@ -8,33 +8,23 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from core.settings import load_settings
-from tests.support.servers import RedisProcess
 from throttler.cli import build_app
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from tests.support.servers import RedisProcess
 
 pytestmark = pytest.mark.anyio
 
 BODY = {"checks": [{"key": "a"}, {"key": "b", "tokens": 2}]}
 
 
-@pytest.fixture
-def server() -> Iterator[RedisProcess]:
-    process = RedisProcess().start()
-    try:
-        yield process
-    finally:
-        process.close()
-
-
 @pytest.mark.parametrize("policy", ["open", "closed"])
 async def test_batch_follows_the_failure_policy(
-    server: RedisProcess, prefix: str, policy: str
+    own_redis: RedisProcess, prefix: str, policy: str
 ) -> None:
     settings = load_settings(
         {
-            "REDIS_URL": server.url,
+            "REDIS_URL": own_redis.url,
             "KEY_PREFIX": prefix,
             "FAILURE_POLICY": policy,
             "REDIS_TIMEOUT_MS": "200",
@@ -46,7 +36,7 @@ async def test_batch_follows_the_failure_policy(
         up = await client.post("/check", json=BODY)
         assert up.status_code == 200
         assert "x-ratelimit-enforced" not in up.headers
-        server.stop()
+        own_redis.stop()
         down = await client.post("/check", json=BODY)
         if policy == "open":
             assert down.status_code == 200

@@ -21,12 +21,12 @@ from core.redis_client import connect
 from core.scripts import CHECK
 from core.settings import load_settings
 from schemas.limits import Limit
-from tests.support.servers import RedisProcess
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
     from core.settings import Settings
+    from tests.support.servers import RedisProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -37,22 +37,10 @@ DAY_MS = 86_400_000
 
 
 @pytest.fixture
-def server() -> Iterator[RedisProcess]:
-    """A Redis of this test's own: it is stopped, paused and restarted."""
-    proc = RedisProcess().start()
-    try:
-        yield proc
-    finally:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.proc.send_signal(signal.SIGCONT)  # never leave a paused server behind
-        proc.close()
-
-
-@pytest.fixture
-def own_settings(server: RedisProcess, prefix: str) -> Settings:
+def own_settings(own_redis: RedisProcess, prefix: str) -> Settings:
     return load_settings(
         {
-            "REDIS_URL": server.url,
+            "REDIS_URL": own_redis.url,
             "KEY_PREFIX": prefix,
             "REDIS_TIMEOUT_MS": str(TIMEOUT_MS),
             "BREAKER_FAILURES": str(FAILURES),
@@ -111,11 +99,11 @@ async def until_allowed(rig: Rig, within_s: float) -> float:
 
 
 async def test_hung_redis_costs_a_timeout_until_the_circuit_opens_then_nothing(
-    rig: Rig, server: RedisProcess
+    rig: Rig, own_redis: RedisProcess
 ) -> None:
     assert isinstance((await rig.timed_check())[1], CheckResult)
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGSTOP)
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)
     try:
         slow = [await rig.timed_check() for _ in range(FAILURES)]
         for took, result in slow:
@@ -131,7 +119,7 @@ async def test_hung_redis_costs_a_timeout_until_the_circuit_opens_then_nothing(
         assert statistics.median(t for t, _ in fast) < TIMEOUT_MS / 1000 / 20
         assert rig.sample("throttler_redis_errors_total", operation="check") == FAILURES
     finally:
-        server.proc.send_signal(signal.SIGCONT)
+        own_redis.proc.send_signal(signal.SIGCONT)
     # Redis answers again: the first probe after the cooldown closes the circuit.
     took = await until_allowed(rig, within_s=COOLDOWN_MS / 1000 + 2)
     assert took < COOLDOWN_MS / 1000 + 1
@@ -140,22 +128,22 @@ async def test_hung_redis_costs_a_timeout_until_the_circuit_opens_then_nothing(
 
 
 async def test_redis_restarted_empty_on_the_same_port_is_used_again(
-    rig: Rig, server: RedisProcess
+    rig: Rig, own_redis: RedisProcess
 ) -> None:
     """A restart empties the script cache (as a failover does): EVALSHA answers NOSCRIPT,
     the script is loaded again and the check succeeds, with no new client."""
     assert isinstance((await rig.timed_check())[1], CheckResult)
-    server.stop()
+    own_redis.stop()
     for _ in range(FAILURES + 5):
         took, result = await rig.timed_check()
         assert isinstance(result, RedisUnavailableError)
         assert took < TIMEOUT_MS / 1000 + 0.3  # refused connections fail at once anyway
     assert is_open(rig.breaker)
 
-    server.start()
+    own_redis.start()
     took = await until_allowed(rig, within_s=2)
     assert took < 2
-    probe = Redis.from_url(server.url)
+    probe = Redis.from_url(own_redis.url)
     try:
         assert await probe.script_exists(CHECK.sha) == [True]
     finally:
@@ -163,13 +151,13 @@ async def test_redis_restarted_empty_on_the_same_port_is_used_again(
 
 
 async def test_script_flush_during_concurrent_checks_causes_no_error(
-    rig: Rig, server: RedisProcess
+    rig: Rig, own_redis: RedisProcess
 ) -> None:
     """SCRIPT FLUSH, again and again, while batches of concurrent checks are in flight:
     every check is answered, and exactly the limit is admitted (no check ran twice)."""
     limit = 500
     inline = Limit(requests=limit, window_ms=DAY_MS)
-    flusher = Redis.from_url(server.url)
+    flusher = Redis.from_url(own_redis.url)
     outcomes: list[bool] = []
     errors: list[BaseException] = []
     flushes = 0
@@ -204,12 +192,12 @@ async def test_script_flush_during_concurrent_checks_causes_no_error(
 
 
 async def test_a_failing_call_in_a_pipelined_batch_fails_alone_and_is_not_an_outage(
-    rig: Rig, server: RedisProcess
+    rig: Rig, own_redis: RedisProcess
 ) -> None:
     """A key whose state has the wrong type makes its script fail (WRONGTYPE); the other
     checks sharing its round trip succeed, and the breaker does not count it."""
     keys = KeySpace(rig.limiter_prefix)
-    client = Redis.from_url(server.url)
+    client = Redis.from_url(own_redis.url)
     try:
         await client.hset(keys.state("broken"), "x", "1")
     finally:

@@ -14,12 +14,10 @@ from core.limiter import Limiter
 from core.pipelining import AutoPipeline
 from core.scripts import CHECK
 from schemas.limits import ALGORITHMS, Algorithm, Limit
-from tests.support.servers import RedisProcess
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from core.keys import KeySpace
+    from tests.support.servers import RedisProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -41,15 +39,6 @@ async def test_one_turn_is_one_round_trip(redis: Redis, keys: KeySpace) -> None:
     before = limiter.round_trips
     await asyncio.gather(*(limiter.check(f"k{i}") for i in range(64)))
     assert limiter.round_trips - before == 1
-
-
-@pytest.fixture
-async def own_redis() -> AsyncIterator[RedisProcess]:
-    server = RedisProcess().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_a_failed_round_trip_fails_only_the_checks_it_carried(

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
@@ -27,18 +25,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from core.keys import KeySpace
-from core.redis_client import connect
 from core.settings import Settings, load_settings
 from core.streams import APPLIERS, EVENT_FIELD
 from core.telemetry import Telemetry
 from schemas.events import AuditEvent, LimitChanged, config_event_decoder
 from tests.support.poll import until
+from tests.support.worker import running_worker
 from throttler.cli import build_app
-from workers.runner import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from litestar import Litestar
     from redis.asyncio import Redis
 
@@ -64,19 +59,6 @@ async def audit_of(redis: Redis, keys: KeySpace, config_id: str) -> AuditEvent |
 def _settings(redis_url: str, prefix: str, **extra: str) -> Settings:
     env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, **extra}
     return load_settings(env, env_file=None)
-
-
-@asynccontextmanager
-async def running_worker(settings: Settings, consumer: str) -> AsyncIterator[Worker]:
-    redis = connect(settings)
-    worker = Worker(redis, KeySpace(settings.key_prefix), settings, consumer)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            yield worker
-            worker.stop()
-    finally:
-        await redis.aclose()
 
 
 def _receive(ws: Any) -> LimitChanged:
