@@ -6,13 +6,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from core.metrics import Metrics
-from core.redis_client import unavailable
 from core.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from core.config_store import ConfigStore
+    from core.gateway import Gateway
     from core.keys import KeySpace
     from core.limiter import Limiter
     from core.mutations import Mutations
@@ -26,7 +24,7 @@ __all__ = ["Services"]
 class Services:
     settings: Settings
     keys: KeySpace
-    redis: Redis
+    gateway: Gateway
     limiter: Limiter
     config: ConfigStore
     hub: NotificationHub
@@ -35,4 +33,4 @@ class Services:
     telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def ping(self) -> bool:
-        return bool(await unavailable(self.redis.ping, "ping"))
+        return await self.gateway.ping()

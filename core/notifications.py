@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 
-from core.redis_client import UNAVAILABLE_ERRORS, is_cluster
+from core.gateway import is_unavailable
 from schemas.events import LimitChanged
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-    from redis.asyncio import Redis
+
+    from core.gateway import Gateway
 
 __all__ = ["NotificationHub"]
 
@@ -31,8 +32,8 @@ _decoder = msgspec.json.Decoder(LimitChanged)
 
 
 class NotificationHub:
-    def __init__(self, redis: Redis, channel: str, buffer: int = 256) -> None:
-        self._redis = redis
+    def __init__(self, gateway: Gateway, channel: str, buffer: int = 256) -> None:
+        self._gateway = gateway
         self.channel = channel
         self._buffer = buffer
         self._waiters: dict[str, asyncio.Future[LimitChanged]] = {}
@@ -80,19 +81,19 @@ class NotificationHub:
         while True:
             try:
                 await self._run_once()
-            except UNAVAILABLE_ERRORS as exc:
-                _log.warning("notification subscription lost (%s); retrying", exc)
-            except Exception:
-                _log.exception("notification subscription failed; retrying")
+            except Exception as exc:
+                if is_unavailable(exc):
+                    _log.warning("notification subscription lost (%s); retrying", exc)
+                else:
+                    _log.exception("notification subscription failed; retrying")
             self.subscribed = anyio.Event()
             await anyio.sleep(0.5)
 
     async def _run_once(self) -> None:
-        if is_cluster(self._redis):
-            # A cluster client learns its slots on its first command; its Pub/Sub does not
-            # ask, and fails with a KeyError on the slot of the channel until something has.
-            await self._redis.initialize()
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # A cluster client learns its slots on its first command; its Pub/Sub does not ask,
+        # and fails with a KeyError on the slot of the channel until something has.
+        await self._gateway.prepare(strict=True)
+        pubsub = self._gateway.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
             self.subscribed.set()

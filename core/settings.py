@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
     admin_token: str | None = None
     check_token: str | None = None
+    # A check may carry a limit for a key that has none (stored, with a TTL), when allowed.
+    inline_limits: bool = False
+    inline_limit_ttl_ms: Annotated[int, msgspec.Meta(ge=1000, le=31 * 86_400_000)] = 86_400_000
+    access_log_checks: bool = False
     # Streams and workers
     stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 1_000_000
     tombstone_ttl_ms: Annotated[int, msgspec.Meta(ge=1000)] = 7 * 24 * 3_600_000

@@ -49,7 +49,13 @@ def prefix() -> str:
 @pytest.fixture
 def settings(redis_url: str, prefix: str) -> Settings:
     return load_settings(
-        {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "APPLY_WAIT_MS": "5000"}, env_file=None
+        {
+            "REDIS_URL": redis_url,
+            "KEY_PREFIX": prefix,
+            "APPLY_WAIT_MS": "5000",
+            "INLINE_LIMITS": "true",  # tests of inline limits; the default (off) has its own
+        },
+        env_file=None,
     )
 
 

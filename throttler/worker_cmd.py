@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 import anyio
 from prometheus_client import start_http_server
 
-from core.errors import SettingsError
-from core.keys import KeySpace
+from core.errors import RedisUnavailableError, SettingsError
+from core.gateway import Gateway
+from core.keys import APPLIERS, KeySpace
 from core.metrics import Metrics
-from core.redis_client import UNAVAILABLE_ERRORS, connect
-from core.streams import APPLIERS
 from workers.heartbeat import is_alive
 from workers.runner import Worker
 
@@ -33,8 +32,8 @@ _log = logging.getLogger("throttler.worker")
 
 async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) -> int:
     """Run until SIGTERM/SIGINT; the batch in hand is finished and acked before exit."""
-    redis = connect(settings)
     metrics = Metrics()
+    gateway = Gateway(settings, metrics)
     if settings.worker_metrics_port:
         try:
             start_http_server(
@@ -51,7 +50,7 @@ async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) ->
             settings.worker_metrics_port,
         )
     worker = Worker(
-        redis, KeySpace(settings.key_prefix), settings, consumer, telemetry, metrics=metrics
+        gateway, KeySpace(settings.key_prefix), settings, consumer, telemetry, metrics=metrics
     )
     async with anyio.create_task_group() as tg:
 
@@ -65,20 +64,20 @@ async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) ->
         tg.start_soon(on_signal)
         await worker.run()
         tg.cancel_scope.cancel()
-    await redis.aclose()
+    await gateway.aclose()
     return 0
 
 
 async def check_worker(settings: Settings, consumer: str | None) -> int:
     """0 when the worker's heartbeat is alive (or any on this host), else 1."""
-    redis = connect(settings)
+    gateway = Gateway(settings)
     try:
-        alive = await is_alive(redis, KeySpace(settings.key_prefix), APPLIERS, consumer)
-    except UNAVAILABLE_ERRORS as exc:
+        alive = await is_alive(gateway, KeySpace(settings.key_prefix), APPLIERS, consumer)
+    except RedisUnavailableError as exc:
         print(f"redis unavailable: {exc}")
         return 1
     finally:
-        await redis.aclose()
+        await gateway.aclose()
     if alive:
         print("alive: " + " ".join(alive))
         return 0
@@ -90,7 +89,7 @@ async def check_worker(settings: Settings, consumer: str | None) -> int:
 async def in_process_worker(services: Services) -> AsyncIterator[None]:
     """The worker of ``throttler serve``: runs in the API's event loop for its lifetime."""
     worker = Worker(
-        services.redis,
+        services.gateway,
         services.keys,
         services.settings,
         telemetry=services.telemetry,

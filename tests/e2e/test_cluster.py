@@ -29,7 +29,8 @@ from core.limiter import Limiter
 from core.redis_client import connect, prepare
 from core.scripts import APPLY, CHECK, FINISH
 from core.settings import load_settings
-from core.streams import APPLIERS, EVENT_FIELD, publish_many
+from core.streams import EVENT_FIELD, publish_many
+from core.keys import APPLIERS
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
 from tests.e2e.test_redis_auth_tls import acl_rules, knows_setinfo

@@ -26,7 +26,8 @@ import pytest
 
 from core.config_store import ConfigStore
 from core.keys import KeySpace
-from core.streams import APPLIERS, EVENT_FIELD, publish_many
+from core.streams import EVENT_FIELD, publish_many
+from core.keys import APPLIERS
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.servers import RedisProcess

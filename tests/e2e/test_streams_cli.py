@@ -15,7 +15,8 @@ import pytest
 from core.config_store import ConfigStore
 from core.keys import KeySpace
 from core.settings import load_settings
-from core.streams import APPLIERS, EVENT_FIELD, publish
+from core.streams import EVENT_FIELD, publish
+from core.keys import APPLIERS
 from schemas.events import AuditEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until

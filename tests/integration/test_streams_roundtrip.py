@@ -26,7 +26,8 @@ from opentelemetry.trace import SpanKind
 
 from core.keys import KeySpace
 from core.settings import Settings, load_settings
-from core.streams import APPLIERS, EVENT_FIELD
+from core.streams import EVENT_FIELD
+from core.keys import APPLIERS
 from core.telemetry import Telemetry
 from schemas.events import AuditEvent, LimitChanged, config_event_decoder
 from tests.support.poll import until

@@ -18,7 +18,8 @@ from core.config_store import ConfigStore
 from core.keys import KeySpace
 from core.redis_client import connect
 from core.settings import Settings, load_settings
-from core.streams import APPLIERS, EVENT_FIELD, publish, publish_many
+from core.streams import EVENT_FIELD, publish, publish_many
+from core.keys import APPLIERS
 from schemas.events import (
     AuditEvent,
     ConfigEvent,
