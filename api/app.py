@@ -46,7 +46,7 @@ Hook = Callable[[Services], AbstractAsyncContextManager[None]]
 
 
 def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -> Services:
-    gateway = Gateway(settings, metrics)
+    gateway = Gateway(settings, metrics, telemetry=telemetry)
     keys = KeySpace(settings.key_prefix)
     requests, window_ms = settings.default_limit_rate
     default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)

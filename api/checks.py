@@ -123,11 +123,15 @@ class LeanChecks:
                 f"POST {route}",
                 context=propagate.extract(carrier),
                 kind=SpanKind.SERVER,
-                attributes={"http.route": route, "http.method": "POST"},
+                attributes={
+                    "http.route": route,
+                    "http.method": "POST",
+                    "http.target": scope["path"],
+                },
             )
         status = 500
-        try:
-            with trace.use_span(span) if span is not None else nullcontext():
+        with trace.use_span(span, end_on_exit=True) if span is not None else nullcontext():
+            try:
                 try:
                     status, body, headers = await self._answer(route, key, scope, receive)
                 except _AnswerError as answer:
@@ -144,12 +148,11 @@ class LeanChecks:
                 }
                 await send(start)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
-        finally:
-            elapsed = time.perf_counter() - started
-            self._record(route, status, elapsed)
-            if span is not None:
-                span.set_attribute("http.status_code", status)
-                span.end()
+            finally:
+                # Inside the span: an access line carries the request's trace id.
+                self._record(route, status, time.perf_counter() - started)
+                if span is not None:
+                    span.set_attribute("http.status_code", status)
 
     async def _answer(
         self, route: str, key: str, scope: Scope, receive: Receive
@@ -291,7 +294,9 @@ class LeanChecks:
             )
         bound[0].inc()
         bound[1].observe(elapsed)
-        if self._access and _access.isEnabledFor(logging.INFO):
+        # Answers are not logged one by one (ACCESS_LOG_CHECKS turns that on); errors are.
+        logged = self._access or (status >= 400 and status != 429)
+        if logged and _access.isEnabledFor(logging.INFO):
             _access.info(
                 "POST %s %d %.1fms",
                 route,
@@ -319,7 +324,9 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         field, message = validation_problem(exc)
-        raise _bad(f"{field}: {message}" if field else f"JSON body: {message}") from None
+        if field is None and message.startswith("Expected"):  # the body's own type
+            message = f"JSON body: {message}"
+        raise _bad(f"{field}: {message}" if field else message) from None
     except msgspec.DecodeError as exc:
         raise _bad(f"malformed JSON body: {exc}") from None
     except UnicodeDecodeError:

@@ -50,7 +50,7 @@ class ConfigStore:
         self._keys = keys
         self._tombstone_ms = tombstone_ttl_ms
 
-    def _script_args(
+    def script_args(
         self, key: str, limit: Limit | None, version: str, now_us: int | None = None
     ) -> tuple[list[str], list[str | int]]:
         op, limits = ("del", "") if limit is None else ("set", encode_limits((limit,)))
@@ -65,7 +65,7 @@ class ConfigStore:
 
         ``now_us`` overrides the server clock (only tests pass it).
         """
-        keys, args = self._script_args(key, limit, version, now_us)
+        keys, args = self.script_args(key, limit, version, now_us)
         return _result(await self._gateway.run(APPLY, keys, args))
 
     async def apply_many(
@@ -76,7 +76,7 @@ class ConfigStore:
         Each change succeeds or fails on its own; a failure is returned, not raised, except
         Redis being unavailable (RedisUnavailableError: nothing can be said of the batch).
         """
-        calls = [self._script_args(key, limit, version) for key, limit, version in changes]
+        calls = [self.script_args(key, limit, version) for key, limit, version in changes]
         replies = await self._gateway.run_many(APPLY, calls)
         for reply in replies:
             if isinstance(reply, RedisUnavailableError):

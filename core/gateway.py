@@ -21,6 +21,7 @@ import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from core.metrics import Metrics
     from core.scripts import Script
     from core.settings import Settings
+    from core.telemetry import Telemetry
 
 __all__ = [
     "UNAVAILABLE_ERRORS",
@@ -82,9 +84,9 @@ def is_unavailable(exc: BaseException) -> bool:
     ``BUSY`` (a script ran past ``lua-time-limit``) has no exception class of its own in
     redis-py: every client of that server is refused until the script ends.
     """
-    if isinstance(exc, UNAVAILABLE_ERRORS | RedisUnavailableError):
+    if isinstance(exc, (*UNAVAILABLE_ERRORS, RedisUnavailableError)):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY ")
 
 
 def _unavailable(what: str, exc: BaseException) -> RedisUnavailableError:
@@ -157,8 +159,16 @@ class Gateway:
         *,
         url: str | None = None,
         blocking_ms: int = 0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.client: Redis = make_client(settings, url, blocking_ms=blocking_ms)
+        # Script calls skip redis-py's instrumented command path: with tracing on, the
+        # gateway reports each as a client span of its own (never a key in it).
+        self._tracer = (
+            telemetry.tracer_provider.get_tracer("throttler.gateway")
+            if telemetry is not None and telemetry.enabled
+            else None
+        )
         self.cluster = isinstance(self.client, RedisCluster)
         self._timeout_s = settings.redis_timeout_ms / 1000
         self._metrics = metrics
@@ -233,6 +243,8 @@ class Gateway:
         breaker.admit()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         lane.submit(Call(script, keys, args, future))
+        if self._tracer is not None:
+            future.add_done_callback(self._client_span(script))
         try:
             reply = await future
         except Exception as exc:
@@ -270,6 +282,26 @@ class Gateway:
                 out.append(self._failed(script, breaker, error))
         return out
 
+    def _client_span(self, script: Script) -> Callable[[asyncio.Future[Any]], None]:
+        """A client span for one script call, ended by its reply (OTel DB conventions)."""
+        assert self._tracer is not None
+        span = self._tracer.start_span(
+            "EVALSHA",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system": "redis",
+                "db.operation.name": "EVALSHA",
+                "db.statement": f"EVALSHA {script.name} ?",
+            },
+        )
+
+        def end(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                span.set_status(Status(StatusCode.ERROR, type(future.exception()).__name__))
+            span.end()
+
+        return end
+
     def _failed(self, script: Script, breaker: CircuitBreaker, exc: BaseException) -> Exception:
         """What a failed script call raises: unavailability wrapped (and counted against
         the node's breaker), anything else (a refusal, a bug) as it is."""
@@ -282,6 +314,10 @@ class Gateway:
             return _unavailable(script.name, exc)
         breaker.success()
         return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+    def breaker(self, key: str) -> CircuitBreaker:
+        """The circuit breaker of the node that holds ``key``."""
+        return self._lane(key)[1]
 
     @property
     def writes(self) -> int:

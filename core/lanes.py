@@ -138,23 +138,25 @@ class Lane:
         try:
             while data := await stream.read(65536):
                 parser.feed(data)
+                again: list[Call] = []
                 while (reply := parser.gets()) is not False:
                     call, _ = self._sent.popleft()
                     if isinstance(reply, ReplyError):
-                        self._error(call, reply)
+                        self._error(call, reply, again)
                     elif not call.future.done():
                         call.future.set_result(reply)
+                if again:
+                    self._write(again)
         except (OSError, hiredis.ProtocolError) as exc:
             error = RedisConnectionError(f"Error while reading from Redis: {exc}")
         finally:
             if self._reader_task is asyncio.current_task():  # not replaced meanwhile
                 self._reset(error)
 
-    def _error(self, call: Call, reply: ReplyError) -> None:
-        message = str(reply)
-        if message.startswith("NOSCRIPT") and not call.by_source:
+    def _error(self, call: Call, reply: ReplyError, again: list[Call]) -> None:
+        if str(reply).startswith("NOSCRIPT") and not call.by_source:
             call.by_source = True  # again, with the source: it caches the script too
-            self._write([call])
+            again.append(call)
             return
         exc: BaseException = reply
         if self._on_error is not None:

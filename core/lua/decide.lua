@@ -53,6 +53,7 @@ local function commit(hash, log, f, lim, st, L, n, at, create, inline_ttl)
   end
   if L then
     log_append(log, L, n, at, longest)
+    ttl = math.max(ttl, ceil_ms(longest))       -- the hash outlives the log it governs
   end
   if create then
     fields[#fields + 1] = 'c'

@@ -25,9 +25,8 @@ import msgspec
 import pytest
 
 from core.config_store import ConfigStore
-from core.keys import KeySpace
+from core.keys import APPLIERS, KeySpace
 from core.streams import EVENT_FIELD, publish_many
-from core.keys import APPLIERS
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.servers import RedisProcess
@@ -37,6 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
     from redis.asyncio import Redis
+
+    from core.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -229,7 +230,7 @@ async def pending(redis: Redis, keys: KeySpace, consumer: str | None = None) -> 
 
 
 async def test_worker_sigterm_mid_way_acks_its_batch_and_leaves_the_rest(
-    redis_url: str, redis: Redis, tmp_path: Path
+    redis_url: str, redis: Redis, tmp_path: Path, gateway: Gateway
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     keys = KeySpace(prefix)
@@ -237,7 +238,7 @@ async def test_worker_sigterm_mid_way_acks_its_batch_and_leaves_the_rest(
         SetLimit(key=f"k{i % KEYS}", limit=Limit(requests=i + 1, window_ms=60_000), actor="stop")
         for i in range(CHANGES)
     ]
-    ids = await publish_many(redis, keys, events, 1_000_000)
+    ids = await publish_many(gateway, keys, events, 1_000_000)
 
     first = worker(redis_url, prefix, "stop-1").start(tmp_path, wait=False)
     second = worker(redis_url, prefix, "stop-2")
@@ -278,7 +279,7 @@ async def test_worker_sigterm_mid_way_acks_its_batch_and_leaves_the_rest(
     by_worker = Counter(r.worker for r in records)
     assert by_worker == {"stop-1": done_by_first, "stop-2": CHANGES - done_by_first}
     assert {r.result for r in records} <= {"created", "replaced"}
-    store = ConfigStore(redis, keys, 1000)
+    store = ConfigStore(gateway, keys, 1000)
     last = {e.key: e for e in events}
     for key, event in last.items():
         assert isinstance(event, SetLimit)

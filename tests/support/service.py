@@ -39,6 +39,8 @@ class ServiceProcess:
     def start(self, tmp_path: Path, *, wait: bool = True) -> ServiceProcess:
         env = {**os.environ, **self.env, "BIND_ADDRESS": f"127.0.0.1:{self.port}"}
         env.setdefault("LOG_LEVEL", "info")
+        # Most e2e tests give their keys limits inline; off is the default (tested apart).
+        env.setdefault("INLINE_LIMITS", "true")
         self.log_path = tmp_path / f"throttler-{self.port}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
