@@ -41,7 +41,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from core.breaker import CircuitBreaker
 from core.errors import RedisUnavailableError
-from core.lanes import Call, Lane, ReplyError
+from core.lanes import Batch, BatchCall, Call, Lane, ReplyError
 from core.settings import redact_url
 
 if TYPE_CHECKING:
@@ -259,28 +259,25 @@ class Gateway:
         """Run ``script`` once per ``(keys, args)``: replies (or the exception each call met,
         :class:`RedisUnavailableError` for an unavailable node) in order. Calls on one key
         run in the order given; one write per node."""
-        loop = asyncio.get_running_loop()
-        sent: list[tuple[asyncio.Future[Any], CircuitBreaker]] = []
-        for keys, args in calls:
+        batch = Batch(len(calls))
+        breakers = []
+        for index, (keys, args) in enumerate(calls):
             lane, breaker = self._lane(keys[0])
-            future: asyncio.Future[Any] = loop.create_future()
+            breakers.append(breaker)
+            call = BatchCall(script, keys, args, batch, index)
             try:
                 breaker.admit()
             except RedisUnavailableError as refused:
-                future.set_exception(refused)
+                call.fail(refused)
             else:
-                lane.submit(Call(script, keys, args, future))
-            sent.append((future, breaker))
-        await asyncio.wait([future for future, _ in sent])
-        out: list[Any] = []
-        for future, breaker in sent:
-            error = future.exception()
-            if error is None:
+                lane.submit(call)
+        replies = await batch.future
+        for index, (reply, breaker) in enumerate(zip(replies, breakers, strict=True)):
+            if isinstance(reply, BaseException):
+                replies[index] = self._failed(script, breaker, reply)
+            else:
                 breaker.success()
-                out.append(future.result())
-            else:
-                out.append(self._failed(script, breaker, error))
-        return out
+        return replies
 
     def _client_span(self, script: Script) -> Callable[[asyncio.Future[Any]], None]:
         """A client span for one script call, ended by its reply (OTel DB conventions)."""
@@ -378,11 +375,9 @@ class Gateway:
                     call.script.source, len(call.keys), *call.keys, *call.args
                 )
         except Exception as exc:
-            if not call.future.done():
-                call.future.set_exception(exc)
+            call.fail(exc)
             return
-        if not call.future.done():
-            call.future.set_result(_decoded(reply))
+        call.settle(_decoded(reply))
 
     def _refresh(self) -> None:
         """Re-read the cluster's layout, at most one refresh in flight."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from core.scripts import Script
 
-__all__ = ["Call", "Lane", "ReplyError"]
+__all__ = ["Batch", "BatchCall", "Call", "Lane", "ReplyError"]
 
 ReplyError = hiredis.ReplyError
 
@@ -54,12 +54,69 @@ class Call:
         self.future = future
         self.by_source = False
 
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def settle(self, reply: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(reply)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
     def packed(self) -> bytes:
         if self.by_source:
             head: tuple[Any, ...] = ("EVAL", self.script.source, len(self.keys))
         else:
             head = ("EVALSHA", self.script.sha, len(self.keys))
         return hiredis.pack_command((*head, *self.keys, *self.args))  # type: ignore[no-any-return]
+
+
+class Batch:
+    """The replies of many calls, in their order, and one future set when all are in (a
+    future per call would cost a wake-up per call)."""
+
+    __slots__ = ("future", "remaining", "replies")
+
+    def __init__(self, size: int) -> None:
+        self.future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.replies: list[Any] = [_PENDING] * size
+        self.remaining = size
+        if size == 0:
+            self.future.set_result(self.replies)
+
+
+_PENDING = object()
+
+
+class BatchCall(Call):
+    """One call of a :class:`Batch`: its reply (or error) goes to its place in the batch."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(
+        self, script: Script, keys: list[str], args: list[Any], batch: Batch, index: int
+    ) -> None:
+        super().__init__(script, keys, args, batch.future)
+        self.batch = batch
+        self.index = index
+
+    @property
+    def done(self) -> bool:
+        return self.batch.replies[self.index] is not _PENDING
+
+    def settle(self, reply: Any) -> None:
+        batch = self.batch
+        if batch.replies[self.index] is _PENDING:
+            batch.replies[self.index] = reply
+            batch.remaining -= 1
+            if batch.remaining == 0 and not batch.future.done():
+                batch.future.set_result(batch.replies)
+
+    def fail(self, error: BaseException) -> None:
+        self.settle(error)
 
 
 class Lane:
@@ -143,8 +200,8 @@ class Lane:
                     call, _ = self._sent.popleft()
                     if isinstance(reply, ReplyError):
                         self._error(call, reply, again)
-                    elif not call.future.done():
-                        call.future.set_result(reply)
+                    else:
+                        call.settle(reply)
                 if again:
                     self._write(again)
         except (OSError, hiredis.ProtocolError) as exc:
@@ -164,8 +221,7 @@ class Lane:
             if mapped is None:
                 return  # the hook took the call over (e.g. a cluster redirect)
             exc = mapped
-        if not call.future.done():
-            call.future.set_exception(exc)
+        call.fail(exc)
 
     def _watch(self) -> None:
         self._watchdog = None
@@ -198,8 +254,7 @@ class Lane:
     @staticmethod
     def _fail(calls: list[Call], error: BaseException) -> None:
         for call in calls:
-            if not call.future.done():
-                call.future.set_exception(error)
+            call.fail(error)
 
     async def aclose(self) -> None:
         closed = RedisConnectionError("client closed")

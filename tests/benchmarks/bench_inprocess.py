@@ -29,7 +29,7 @@ LIMIT = Limit(requests=100_000, window_ms=60_000)  # never denies here: every ca
 Check: TypeAlias = "Callable[[str], Awaitable[Any]]"
 
 
-def _rounds(benchmark: Any, client: AbstractAsyncContextManager[Check]) -> None:
+def _rounds(benchmark: Any, client: AbstractAsyncContextManager[Check], name: str) -> None:
     with asyncio.Runner() as runner:
         check = runner.run(client.__aenter__())
         counter = iter(range(10**9))
@@ -37,7 +37,7 @@ def _rounds(benchmark: Any, client: AbstractAsyncContextManager[Check]) -> None:
         async def one_round() -> None:
             async def task(n: int) -> None:
                 for i in range(PER_TASK):
-                    await check(f"k{n}-{i % 10}-{next(counter) % 1000}")
+                    await check(f"{name}-{n}-{i % 10}-{next(counter) % 1000}")
 
             await asyncio.gather(*(task(n) for n in range(TASKS)))
 
@@ -64,7 +64,7 @@ class _Throttler:
 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
 def test_throttler_64_tasks(benchmark: Any, redis_url: str, algorithm: Algorithm) -> None:
-    _rounds(benchmark, _Throttler(redis_url, algorithm))
+    _rounds(benchmark, _Throttler(redis_url, algorithm), algorithm)
 
 
 class _Limits:
@@ -90,4 +90,4 @@ class _Limits:
 
 @pytest.mark.parametrize("strategy", ["FixedWindow", "MovingWindow"])
 def test_limits_64_tasks(benchmark: Any, redis_url: str, strategy: str) -> None:
-    _rounds(benchmark, _Limits(redis_url, strategy))
+    _rounds(benchmark, _Limits(redis_url, strategy), strategy)
