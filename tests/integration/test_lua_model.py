@@ -3,10 +3,9 @@
 Every answer field and the stored state itself must match the model after every check.
 Time is injected (``now_us``) so the model sees the clock the script sees. Redis expires
 keys on its own clock, though, which these simulated sequences do not follow, so the
-comparisons talk to Redis through :class:`PersistingGateway`: each check runs in a
-MULTI/EXEC together with a PTTL (checked against the model) and a PERSIST of the key's hash
-and log, and nothing expires behind the model's back. Expiry on the real clock has its own tests
-below.
+comparisons talk to Redis through :class:`PersistingGateway`: each check ends, inside the
+script, with a PTTL (checked against the model) and a PERSIST of the key's hash and log, and
+nothing expires behind the model's back. Expiry on the real clock has its own tests below.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from core.config_store import ConfigStore
 from core.errors import LimitValidationError
 from core.keys import KeySpace
 from core.limiter import CheckResult, Limiter
-from core.scripts import APPLY, CHECK, Script
+from core.scripts import CHECK, Script
 from schemas.limits import ALGORITHMS, Algorithm, Limit
 
 if TYPE_CHECKING:
@@ -138,9 +137,10 @@ def scenarios(draw: st.DrawFn, algorithm: Algorithm) -> tuple[Limit, int, list[t
 
 class PersistingGateway:
     """Stands in for :class:`core.gateway.Gateway` where the Limiter and ConfigStore send
-    their scripts: every script call runs in a MULTI/EXEC followed by PTTL and PERSIST of
-    both keys a check touches (the key's hash and its log), so nothing expires behind the
-    model's back. The PTTLs seen right after the latest call are kept in :attr:`last_pttl`.
+    their scripts. A check runs in a test build of the check script that ends by reading the
+    PTTL of both keys it touches (the key's hash and its log) and PERSISTing them: inside a
+    script Redis's clock stands still, so nothing expires behind the model's back however
+    slow the machine is. The PTTLs are kept in :attr:`last_pttl`.
     """
 
     cluster = False
@@ -148,19 +148,13 @@ class PersistingGateway:
     def __init__(self, url: str) -> None:
         self.client = Redis.from_url(url)
         self.last_pttl = (-3, -3)  # (hash, log)
-        self._loaded = False
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        if not self._loaded:  # NOSCRIPT inside MULTI would still run the PTTLs and PERSISTs
-            for loaded in (CHECK, APPLY):
-                await self.client.script_load(loaded.source)
-            self._loaded = True
-        pipe = self.client.pipeline(transaction=True)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        for key in keys[:2]:
-            pipe.pttl(key)
-            pipe.persist(key)
-        reply, hash_ttl, _, log_ttl, _ = await pipe.execute()
+        if script is not CHECK:
+            return _text(await self.client.eval(script.source, len(keys), *keys, *args))
+        reply, hash_ttl, log_ttl = await self.client.eval(
+            PERSISTING_CHECK.source, len(keys), *keys, *args
+        )
         self.last_pttl = (hash_ttl, log_ttl)
         return _text(reply)
 
@@ -169,6 +163,22 @@ class PersistingGateway:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+#: The check script, answering {decision, PTTL of the hash, PTTL of the log} and leaving
+#: both keys without a TTL.
+PERSISTING_CHECK = Script.from_source(
+    "check",
+    CHECK.source.rsplit("return decide(", 1)[0]
+    + """
+local reply = decide(KEYS[1], KEYS[2], tonumber(ARGV[4]), ARGV[2], now_us(ARGV[1]),
+                     given_limits(5), tonumber(ARGV[3]), true)
+local ttls = {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])}
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+return {reply, ttls[1], ttls[2]}
+""",
+)
 
 
 def _text(reply: Any) -> Any:
