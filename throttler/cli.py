@@ -51,6 +51,9 @@ environment (a .env file in the working directory is read too; README.md lists a
   BREAKER_COOLDOWN_MS  how long the circuit stays open before a probe (default 1000)
   ADMIN_TOKEN          bearer token for limit CRUD, dead letters, notifications
   CHECK_TOKEN          bearer token for checks (unset: checks are open)
+  INLINE_LIMITS        true: a check may create a limit for a key that has none (false)
+  INLINE_LIMIT_TTL_MS  an inline limit expires this long after its last spend (86400000)
+  ACCESS_LOG_CHECKS    true: an access-log line for every check too (default false)
   MAX_BODY_BYTES       larger request bodies get 413 (default 1048576)
   LOG_LEVEL            debug, info, warning, error, critical (default info)
   LOG_FORMAT           json or console (default json)
