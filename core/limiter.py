@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from core.errors import LimitValidationError, NotFoundError
-from core.scripts import CHECK, CHECK_ALL, decode_limits, limit_args
+from core.scripts import CHECK, CHECK_ALL, CHECK_MANY, decode_limits, limit_args
 from schemas.limits import Limit
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ __all__ = ["CheckResult", "Limiter"]
 
 #: Most all-or-nothing keys in one call: the script decides each key up to three times.
 MAX_ALL_OR_NOTHING = 100
+#: Most checks of a batch decided by one script call (bounds how long one call runs).
+CHECKS_PER_CALL = 100
 
 
 class CheckResult:
@@ -147,13 +149,17 @@ class Limiter:
     async def check_many(
         self, items: list[tuple[str, int]]
     ) -> list[CheckResult | LimitValidationError]:
-        """Independent checks, pipelined: one write per Redis node.
+        """Independent checks: off a cluster, up to :data:`CHECKS_PER_CALL` of them decided
+        by each script call, the calls pipelined; on a cluster one call per key.
 
         An item whose tokens exceed its capacity gets its LimitValidationError back; Redis
         being unavailable fails the whole call.
         """
-        calls = [self.script_args(key, tokens) for key, tokens in items]
-        replies = await self._gateway.run_many(CHECK, calls)
+        if self._gateway.cluster:
+            calls = [self.script_args(key, tokens) for key, tokens in items]
+            replies = await self._gateway.run_many(CHECK, calls)
+        else:
+            replies = await self._many(items)
         out: list[CheckResult | LimitValidationError] = []
         for (_, tokens), reply in zip(items, replies, strict=True):
             if isinstance(reply, Exception):
@@ -163,6 +169,19 @@ class Limiter:
             except LimitValidationError as exc:
                 out.append(exc)
         return out
+
+    async def _many(self, items: list[tuple[str, int]]) -> list[Any]:
+        calls = []
+        for start in range(0, len(items), CHECKS_PER_CALL):
+            chunk = items[start : start + CHECKS_PER_CALL]
+            keys = [name for key, _ in chunk for name in self._keys.script_keys(key)]
+            calls.append((keys, ["", *(tokens for _, tokens in chunk), *self._default_args]))
+        replies: list[Any] = []
+        for reply in await self._gateway.run_many(CHECK_MANY, calls):
+            if isinstance(reply, Exception):
+                raise reply
+            replies += reply
+        return replies
 
     async def check_all(
         self, items: list[tuple[str, int]], *, now_us: int | None = None

@@ -3,9 +3,9 @@ of limits they share with Python.
 
 ``check`` is assembled from one file per algorithm plus ``decide.lua`` (which resolves a
 key's limits, decides over all of them and spends) and ``check.lua`` (the entry point), so a
-check is a single script call whatever the key's limits; ``check_all`` shares the same
-parts. Scripts are run by SHA; a ``NOSCRIPT`` answer is handled where they are sent
-(:mod:`core.lanes`).
+check is a single script call whatever the key's limits; ``check_all`` (all-or-nothing)
+and ``check_many`` (independent checks of many keys) share the same parts. Scripts are run
+by SHA; a ``NOSCRIPT`` answer is handled where they are sent (:mod:`core.lanes`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "APPLY",
     "CHECK",
     "CHECK_ALL",
+    "CHECK_MANY",
     "FINISH",
     "Script",
     "decode_limits",
@@ -86,5 +87,6 @@ def decode_limits(text: str) -> tuple[Limit, ...]:
 _DECIDE = "\n".join(_read(p) for p in _CHECK_PARTS)
 CHECK = Script.from_source("check", _DECIDE + "\n" + _read("check.lua"))
 CHECK_ALL = Script.from_source("check_all", _DECIDE + "\n" + _read("check_all.lua"))
+CHECK_MANY = Script.from_source("check_many", _DECIDE + "\n" + _read("check_many.lua"))
 APPLY = Script.from_source("apply", _read("apply.lua"))
 FINISH = Script.from_source("finish", _read("finish.lua"))
