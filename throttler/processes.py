@@ -97,6 +97,8 @@ def run_processes(
     previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in _SIGNALS}
     try:
         supervisor.children.extend(supervisor.start() for _ in range(count))
+        if supervisor.received:  # a signal came while they were being started
+            supervisor.stop(supervisor.received[-1])
         supervisor.watch()
         # The servers hold the socket now; once the last one closes it, nothing listens.
         for sock in sockets:

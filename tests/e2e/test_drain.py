@@ -103,18 +103,22 @@ class Load:
         return sum(s.status is not None for s in self.checks)
 
 
+def draining(redis_url: str, prefix: str, drain_s: float) -> dict[str, str]:
+    """The environment of a service that drains for ``drain_s`` (and stops its worker fast)."""
+    return {
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": prefix,
+        "SHUTDOWN_DRAIN_MS": str(int(drain_s * 1000)),
+        "WORKER_BLOCK_MS": "100",
+        "WORKER_METRICS_PORT": "0",
+    }
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 async def test_sigterm_under_load_drains_then_refuses_never_resets(
     processes: int, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    env = {
-        "REDIS_URL": redis_url,
-        "KEY_PREFIX": prefix,
-        "SHUTDOWN_DRAIN_MS": str(int(DRAIN_S * 1000)),
-        "DEFAULT_CAPACITY": "1000000",
-        "WORKER_BLOCK_MS": "100",
-        "WORKER_METRICS_PORT": "0",
-    }
+    env = {**draining(redis_url, prefix, DRAIN_S), "DEFAULT_CAPACITY": "1000000"}
     service = ServiceProcess(env, ["serve", "--workers", str(processes)])
     service.start(tmp_path)
     proc = service.proc
@@ -208,14 +212,7 @@ def test_sigterm_ends_sse_and_websocket_streams_within_a_second(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     drain_s = 2.0
-    env = {
-        "REDIS_URL": redis_url,
-        "KEY_PREFIX": prefix,
-        "SHUTDOWN_DRAIN_MS": str(int(drain_s * 1000)),
-        "WORKER_BLOCK_MS": "100",
-        "WORKER_METRICS_PORT": "0",
-    }
-    service = ServiceProcess(env).start(tmp_path)
+    service = ServiceProcess(draining(redis_url, prefix, drain_s)).start(tmp_path)
     proc = service.proc
     assert proc is not None
     ws_url = service.base_url.replace("http://", "ws://") + "/notifications/ws"
