@@ -36,7 +36,6 @@ __all__ = ["app_factory", "build_app", "main"]
 
 _log = logging.getLogger("throttler")
 _SERVE_WORKER = "THROTTLER_SERVE_WORKER"  # set by `serve` for its server processes
-STARTUP_FAILURE = 3  # the exit status of a server that could not start (as uvicorn's)
 
 SETTINGS_HELP = """\
 environment (a .env file in the working directory is read too; README.md lists all):
@@ -267,7 +266,7 @@ def _serve_processes(options: ServerOptions, count: int) -> int:
     every keep-alive answer would otherwise wait ~40 ms for the client's delayed ACK
     (uvicorn issue #3149; measured in docs/performance.md).
     """
-    from throttler.processes import run_processes  # noqa: PLC0415
+    from throttler.processes import STARTUP_FAILURE, run_processes  # noqa: PLC0415
 
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as bound:

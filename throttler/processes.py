@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
     from types import FrameType
 
-__all__ = ["run_processes"]
+__all__ = ["STARTUP_FAILURE", "run_processes"]
 
 _log = logging.getLogger("throttler")
-_STARTUP_FAILURE = 3  # uvicorn's exit status when the app could not start
+STARTUP_FAILURE = 3  # the exit status of a server that could not start (as uvicorn's)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -76,7 +76,7 @@ class _Supervisor:
             for i, child in enumerate(self.children):
                 if child.exitcode is None or self.received:
                     continue
-                if child.exitcode == _STARTUP_FAILURE:
+                if child.exitcode == STARTUP_FAILURE:
                     _log.error("a server process could not start; stopping")
                     self.stop(signal.SIGINT)  # no drain: nothing was served
                     return
@@ -111,6 +111,6 @@ def run_processes(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     codes = {child.exitcode for child in supervisor.children}
-    if _STARTUP_FAILURE in codes:
-        return _STARTUP_FAILURE
+    if STARTUP_FAILURE in codes:
+        return STARTUP_FAILURE
     return 0 if codes == {0} else 1
