@@ -18,6 +18,7 @@ from opentelemetry.metrics import NoOpMeterProvider
 from api.admin import ADMIN_ROUTES
 from api.batch import BATCH_ROUTES
 from api.checks import LeanChecks
+from api.drain import Drain
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
@@ -45,12 +46,16 @@ _log = logging.getLogger("throttler.api")
 Hook = Callable[[Services], AbstractAsyncContextManager[None]]
 
 
-def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -> Services:
+def build_services(
+    settings: Settings, telemetry: Telemetry, metrics: Metrics, drain: Drain | None = None
+) -> Services:
     gateway = Gateway(settings, metrics, telemetry=telemetry)
     keys = KeySpace(settings.key_prefix)
     requests, window_ms = settings.default_limit_rate
     default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)
     hub = NotificationHub(gateway, keys.notify_channel)
+    drain = drain or Drain()
+    drain.on_begin(hub.end_listeners)  # open notification streams end when the drain begins
     return Services(
         settings=settings,
         keys=keys,
@@ -68,6 +73,7 @@ def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -
             telemetry=telemetry,
         ),
         telemetry=telemetry,
+        drain=drain,
     )
 
 
@@ -76,11 +82,13 @@ def create_app(
     hooks: tuple[Hook, ...] = (),
     telemetry: Telemetry | None = None,
     metrics: Metrics | None = None,
+    drain: Drain | None = None,
 ) -> Litestar:
     """The API. ``hooks`` run beside it for its lifetime (the CLI adds the worker).
 
     ``telemetry`` (default: nothing exported) and ``metrics`` (default: a registry of its
-    own) are passed in so that tests can read what the app reports.
+    own) are passed in so that tests can read what the app reports; ``drain`` is the
+    server's shutdown state (``throttler.server``; default: one that never begins).
     """
     telemetry = telemetry or Telemetry()
     metrics = metrics or Metrics()
@@ -88,7 +96,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings, telemetry, metrics)
+        services = build_services(settings, telemetry, metrics, drain)
         app.state.services = services
         app.state.metrics = metrics
         _log.info("api starting; redis %s", describe(settings))

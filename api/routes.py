@@ -112,7 +112,11 @@ async def health() -> HealthResponse:
     responses={503: ResponseSpec(data_container=ReadyResponse, description="Redis unreachable")},
 )
 async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
-    """200 when Redis answers a PING within a second, else 503 (within a second)."""
+    """200 when Redis answers a PING within a second, else 503 (within a second).
+
+    From SIGTERM on, the server answers 503 `{"error": "shutting_down", ...}` instead (it
+    drains before it stops: see docs/operations.md).
+    """
     services = _services(request)
     ok = False
     with anyio.move_on_after(1.0):

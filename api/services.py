@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from api.drain import Drain
 from core.metrics import Metrics
 from core.telemetry import Telemetry
 
@@ -31,6 +32,7 @@ class Services:
     mutations: Mutations
     metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
+    drain: Drain = field(default_factory=Drain)
 
     async def ping(self) -> bool:
         return await self.gateway.ping()

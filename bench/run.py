@@ -97,6 +97,7 @@ def serve(stack: ExitStack, redis_port: int, *args: str) -> str:
         "LOG_LEVEL": "warning",
         "WORKER_METRICS_PORT": "0",
         "WORKER_BLOCK_MS": "100",
+        "SHUTDOWN_DRAIN_MS": "0",  # nothing to drain: the benchmark stops it when done
     }
     stack.enter_context(process([sys.executable, "-m", "throttler", "serve", *args], env))
     url = f"http://127.0.0.1:{port}"

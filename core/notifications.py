@@ -38,6 +38,7 @@ class NotificationHub:
         self._buffer = buffer
         self._waiters: dict[str, asyncio.Future[LimitChanged]] = {}
         self._listeners: dict[MemoryObjectSendStream[LimitChanged], str] = {}
+        self._ended = False
         self.subscribed = anyio.Event()
 
     def expect(self, request_id: str) -> asyncio.Future[LimitChanged]:
@@ -51,15 +52,31 @@ class NotificationHub:
     async def listen(
         self, prefix: str = ""
     ) -> AsyncIterator[MemoryObjectReceiveStream[LimitChanged]]:
-        """Notifications for keys starting with ``prefix``, while the context is open."""
+        """Notifications for keys starting with ``prefix``, while the context is open.
+
+        The stream ends (``EndOfStream``) after :meth:`end_listeners`.
+        """
         send, receive = anyio.create_memory_object_stream[LimitChanged](self._buffer)
-        self._listeners[send] = prefix
+        if self._ended:
+            send.close()
+        else:
+            self._listeners[send] = prefix
         try:
             yield receive
         finally:
             self._listeners.pop(send, None)
             send.close()
             receive.close()
+
+    def end_listeners(self) -> None:
+        """End every listener's stream, now and from now on (the process is stopping).
+
+        What is buffered is still delivered; the waits of config changes are unaffected.
+        """
+        self._ended = True
+        for send in list(self._listeners):
+            send.close()
+        self._listeners.clear()
 
     def dispatch(self, note: LimitChanged) -> None:
         future = self._waiters.get(note.request_id) if note.request_id else None

@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker_cooldown_ms: Millis = 1000
     apply_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 2000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    shutdown_drain_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5000
     admin_token: str | None = None
     check_token: str | None = None
     # A check may carry a limit for a key that has none (stored, with a TTL), when allowed.

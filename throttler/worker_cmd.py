@@ -20,6 +20,7 @@ from workers.runner import Worker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from wsgiref.simple_server import WSGIServer
 
     from api.services import Services
     from core.settings import Settings
@@ -31,12 +32,14 @@ _log = logging.getLogger("throttler.worker")
 
 
 async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) -> int:
-    """Run until SIGTERM/SIGINT; the batch in hand is finished and acked before exit."""
+    """Run until SIGTERM/SIGINT; the batch in hand is finished and acked before exit, then
+    the metrics server stops (a scrape in progress is answered first)."""
     metrics = Metrics()
     gateway = Gateway(settings, metrics)
+    server: WSGIServer | None = None
     if settings.worker_metrics_port:
         try:
-            start_http_server(
+            server, _thread = start_http_server(
                 settings.worker_metrics_port, settings.worker_metrics_host, metrics.registry
             )
         except OSError as exc:
@@ -65,6 +68,9 @@ async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) ->
         await worker.run()
         tg.cancel_scope.cancel()
     await gateway.aclose()
+    if server is not None:
+        await anyio.to_thread.run_sync(server.shutdown)
+        server.server_close()
     return 0
 
 
