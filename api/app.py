@@ -22,15 +22,18 @@ from api.drain import Drain
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
+from api.policies import POLICY_ROUTES
 from api.routes import ROUTES
 from api.services import Services
 from core.config_store import ConfigStore
+from core.errors import RedisUnavailableError
 from core.gateway import Gateway, describe
 from core.keys import KeySpace
 from core.limiter import Limiter
 from core.metrics import Metrics
 from core.mutations import Mutations
 from core.notifications import NotificationHub
+from core.policies import PolicySync, PolicyTable, Resolved
 from core.telemetry import Telemetry
 from core.version import VERSION
 from schemas.limits import Limit
@@ -54,13 +57,16 @@ def build_services(
     requests, window_ms = settings.default_limit_rate
     default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)
     hub = NotificationHub(gateway, keys.notify_channel)
+    table = PolicyTable(Resolved.of(None, (default,)))
+    policies = PolicySync(gateway, keys, table)
+    hub.on_policy_change(policies.changed)
     drain = drain or Drain()
     drain.on_begin(hub.end_listeners)  # open notification streams end when the drain begins
     return Services(
         settings=settings,
         keys=keys,
         gateway=gateway,
-        limiter=Limiter(gateway, keys, default, inline_ttl_ms=settings.inline_limit_ttl_ms),
+        limiter=Limiter(gateway, keys, table, inline_ttl_ms=settings.inline_limit_ttl_ms),
         config=ConfigStore(gateway, keys, settings.tombstone_ttl_ms),
         hub=hub,
         metrics=metrics,
@@ -72,6 +78,7 @@ def build_services(
             maxlen=settings.stream_maxlen,
             telemetry=telemetry,
         ),
+        policies=policies,
         telemetry=telemetry,
         drain=drain,
     )
@@ -104,6 +111,9 @@ def create_app(
         hub_task = asyncio.create_task(services.hub.run(), name="notifications")
         with anyio.move_on_after(2):
             await services.hub.subscribed.wait()
+        with suppress(RedisUnavailableError):  # else the policy loop loads them later
+            await services.policies.load()
+        policy_task = asyncio.create_task(services.policies.run(), name="policies")
         try:
             async with AsyncExitStack() as stack:
                 for hook in hooks:
@@ -115,9 +125,10 @@ def create_app(
         finally:
             if lean is not None:
                 lean.services = None
-            hub_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await hub_task
+            for task in (hub_task, policy_task):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             await services.gateway.aclose()
             # uvicorn re-raises SIGTERM after its graceful shutdown, so no atexit hook (the
             # tracer provider's own flush) runs: export the spans still batched now.
@@ -138,6 +149,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             *ROUTES,
+            *POLICY_ROUTES,
             *BATCH_ROUTES,
             *NOTIFICATION_ROUTES,
             *ADMIN_ROUTES,

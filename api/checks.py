@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar.enums import ScopeType
@@ -38,6 +38,7 @@ from schemas.http import (
     CheckRequest,
     ErrorResponse,
 )
+from schemas.limits import MAX_KEY_BYTES
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Receive, Scope, Send
@@ -61,6 +62,7 @@ _check_body = msgspec.json.Decoder(CheckRequest | None, strict=True)
 _batch_body = msgspec.json.Decoder(BatchRequest, strict=True)
 _JSON: Header = (b"content-type", b"application/json")
 _NOT_ENFORCED: Header = (b"x-ratelimit-enforced", b"false")
+_SHADOW_DENIED: Header = (b"x-ratelimit-shadow", b"denied")
 _EMPTY = CheckRequest()
 
 
@@ -214,9 +216,22 @@ class LeanChecks:
             return self._degraded(exc, 1, _encode(CheckAllowed(True, 0, 0, 0, enforced=False)))
         self._metrics.check_duration.observe(time.perf_counter() - started)
         headers = rate_limit_headers(result)
-        if result.allowed:
-            self._decision(result.algorithm, "allowed").inc()
-            allowed = CheckAllowed(True, result.remaining, result.limit, result.reset_after_ms)
+        if result.allowed or result.shadow:
+            shadow: Literal["denied"] | None = None
+            if result.allowed:
+                self._decision(result.algorithm, "allowed").inc()
+            else:  # shadow mode: a would-be denial, allowed, said and counted
+                self._decision(result.algorithm, "shadow_denied").inc()
+                shadow = "denied"
+                headers = [*headers[:-1], _SHADOW_DENIED]  # no Retry-After: it is allowed
+            allowed = CheckAllowed(
+                True,
+                result.remaining,
+                result.limit,
+                result.reset_after_ms,
+                policy=result.policy,
+                shadow=shadow,
+            )
             return 200, _encode(allowed), headers
         self._decision(result.algorithm, "denied").inc()
         denied = CheckDenied(
@@ -225,7 +240,9 @@ class LeanChecks:
             limit=result.limit,
             retry_after_ms=result.retry_after_ms,
             reset_after_ms=result.reset_after_ms,
+            error="rate_limit_exceeded",
             message=f"rate limit exceeded; retry after {result.retry_after_ms} ms",
+            policy=result.policy,
         )
         return 429, _encode(denied), headers
 
@@ -236,6 +253,9 @@ class LeanChecks:
             raise _bad("a JSON body is required")
         request = _decode(_batch_body, body)
         items = [(item.key, item.tokens) for item in request.checks]
+        for key, _ in items:
+            if len(key) > 64 and len(key.encode()) > MAX_KEY_BYTES:  # the pattern counts chars
+                raise _bad(f"checks: key {key[:32]!r}... is longer than {MAX_KEY_BYTES} bytes")
         limiter = services.limiter
         try:
             if request.all_or_nothing:
@@ -253,6 +273,8 @@ class LeanChecks:
                 self._decision("unknown", "rejected").inc()
             else:
                 decision = "allowed" if outcome.allowed else "denied"
+                if outcome.shadow and not outcome.allowed:
+                    decision = "shadow_denied"
                 self._decision(outcome.algorithm, decision).inc()
         return 200, _encode(BatchResponse(all(r.allowed for r in results), results)), []
 
@@ -338,11 +360,14 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
 def _batch_result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResult:
     if isinstance(outcome, LimitValidationError):
         return BatchResult(key, False, 0, 0, 0, error="validation_error", message=str(outcome))
+    allowed = outcome.allowed or outcome.shadow
     return BatchResult(
         key,
-        outcome.allowed,
+        allowed,
         outcome.remaining,
         outcome.limit,
         outcome.reset_after_ms,
-        retry_after_ms=None if outcome.allowed else outcome.retry_after_ms,
+        retry_after_ms=None if allowed else outcome.retry_after_ms,
+        policy=outcome.policy,
+        shadow=None if outcome.allowed else ("denied" if outcome.shadow else None),
     )

@@ -73,7 +73,9 @@ async def notifications_sse(
                     yield ServerSentEventMessage(comment="keep-alive")
                     continue
                 yield ServerSentEventMessage(
-                    data=_encoder.encode(note).decode(), event="limit_changed", id=note.event_id
+                    data=_encoder.encode(note).decode(),
+                    event=str(type(note).__struct_config__.tag),  # limit_changed, policy_changed
+                    id=note.event_id,
                 )
 
     return ServerSentEvent(events())

@@ -1,21 +1,23 @@
-"""HTTP routes: limits CRUD, checks, health and readiness."""
+"""HTTP routes: a key's limits (set, read, list, delete, reset), checks, health, readiness."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api.auth import admin_guard, check_guard
 from api.strict import OptionalBodyOperation, require_strict
-from core.errors import NotFoundError, RedisUnavailableError
+from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
 from core.keys import validate_key
 from core.version import VERSION
+from schemas.events import LimitChanged
 from schemas.http import (
     AcceptedResponse,
     CheckAllowed,
@@ -23,18 +25,24 @@ from schemas.http import (
     CheckRequest,
     ErrorResponse,
     HealthResponse,
+    KeyLimitsItem,
+    KeyList,
+    LimitBody,
     LimitStatus,
+    LimitUsage,
     ReadyResponse,
+    ResetResponse,
 )
-from schemas.limits import Limit
+from schemas.limits import KeyLimits, Limit
 
 if TYPE_CHECKING:
     from api.services import Services
     from core.limiter import CheckResult
 
-__all__ = ["ROUTES"]
+__all__ = ["ACCEPTED_SPEC", "ROUTES", "accepted", "actor_of", "error_specs"]
 
 Key = FromPath[str]
+_CURSOR = re.compile(r"[0-9]{1,4}:[0-9]{1,20}")
 
 
 def _services(request: Request[Any, Any, Any]) -> Services:
@@ -42,12 +50,12 @@ def _services(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
-def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+def error_specs(*statuses: int) -> dict[int, ResponseSpec]:
     descriptions = {
         400: "Invalid key, malformed JSON or a value out of range (`invalid_key`, "
         "`validation_error`).",
         401: "Missing or wrong bearer token (`unauthorized`).",
-        404: "The key has no limit (`not_found`).",
+        404: "The key has no limit of its own (`not_found`).",
         413: "Request body too large (`payload_too_large`).",
         503: "Redis is unavailable (`redis_unavailable`).",
     }
@@ -56,12 +64,12 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-def _actor(request: Request[Any, Any, Any]) -> str:
+def actor_of(request: Request[Any, Any, Any]) -> str:
     client = request.client
     return f"http:{client.host}" if client else "http"
 
 
-def _accepted(event_id: str) -> Response[AcceptedResponse | Any]:
+def accepted(event_id: str) -> Response[AcceptedResponse | Any]:
     return Response(AcceptedResponse(status="accepted", event_id=event_id), status_code=202)
 
 
@@ -76,19 +84,44 @@ def _conflict(event_id: str) -> Response[ErrorResponse | Any]:
 
 
 def _status_body(key: str, result: CheckResult) -> LimitStatus:
+    usage = result.usage or [(result.remaining, result.reset_after_ms)] * len(result.limits)
+    limits = [
+        LimitUsage(
+            requests=limit.requests,
+            window_ms=limit.window_ms,
+            algorithm=limit.algorithm,
+            burst=limit.burst if limit.algorithm in ("token_bucket", "gcra") else None,
+            limit=limit.capacity,
+            remaining=remaining,
+            reset_after_ms=reset,
+        )
+        for limit, (remaining, reset) in zip(result.limits, usage, strict=True)
+    ]
+    top = min(limits, key=lambda u: u.remaining)  # the limit a check would hit first
     return LimitStatus(
         key=key,
-        requests=result.requests,
-        window_ms=result.window_ms,
-        algorithm=result.algorithm,
-        burst=result.burst or None,
-        limit=result.limit,
-        remaining=result.remaining,
-        reset_after_ms=result.reset_after_ms,
+        requests=top.requests,
+        window_ms=top.window_ms,
+        algorithm=top.algorithm,
+        burst=top.burst,
+        limit=top.limit,
+        remaining=top.remaining,
+        reset_after_ms=top.reset_after_ms,
+        source=result.source,
+        policy=result.policy,
+        shadow=result.shadow,
+        limits=limits,
     )
 
 
-_ACCEPTED = ResponseSpec(
+def _answer_body(outcome: LimitChanged) -> Limit | KeyLimits | None:
+    """The key's limits as an answer shows them: one limit as itself, several as a list."""
+    if outcome.limits is not None:
+        return KeyLimits(outcome.limits, outcome.shadow)
+    return outcome.limit
+
+
+ACCEPTED_SPEC = ResponseSpec(
     data_container=AcceptedResponse,
     description="Published, but no worker applied it within APPLY_WAIT_MS; it applies later.",
 )
@@ -133,74 +166,133 @@ async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
     "/rate-limit/{key:str}",
     tags=["limits"],
     guards=[admin_guard],
-    summary="Create or replace a key's limit",
+    summary="Create or replace a key's limits",
     status_code=HTTP_201_CREATED,
     responses={
-        200: ResponseSpec(data_container=Limit, description="Replaced an existing limit."),
-        202: _ACCEPTED,
+        200: ResponseSpec(data_container=Limit, description="Replaced the key's limits."),
+        202: ACCEPTED_SPEC,
         409: _CONFLICT,
-        **_errors(400, 401, 413, 503),
+        **error_specs(400, 401, 413, 503),
     },
 )
 async def put_limit(
-    request: Request[Any, Any, Any], key: Key, data: JSONBody[Limit]
-) -> Response[Limit | AcceptedResponse | ErrorResponse]:
-    """201 with the stored limit when created, 200 when it replaced one.
+    request: Request[Any, Any, Any], key: Key, data: JSONBody[LimitBody]
+) -> Response[Limit | KeyLimits | AcceptedResponse | ErrorResponse]:
+    """201 with the stored limits when created, 200 when they replaced others.
 
-    The change is published on the config stream and applied by a worker; the answer waits
-    for that (up to `APPLY_WAIT_MS`), then reports the applied limit. If no worker applied
-    it in time: 202 with the event id, and the change applies whenever a worker comes.
-    Replacing a limit with the same algorithm keeps what the caller has spent; a new
-    algorithm starts from a full limit.
+    The body is one limit (`requests`, `window_ms`, `algorithm`, `burst`), answered as that
+    limit, or several: `{"limits": [...], "shadow": false}` (1 to 8 limits: a check must
+    satisfy all), answered in that form. The change is published on the config stream and
+    applied by a worker; the answer waits for that (up to `APPLY_WAIT_MS`), then reports the
+    applied limits. If no worker applied it in time: 202 with the event id, and the change
+    applies whenever a worker comes. A limit kept under the same algorithm at the same
+    position keeps what the caller has spent; a new algorithm starts from a full limit.
     """
     validate_key(key)
-    await require_strict(request, Limit)
-    submitted = await _services(request).mutations.set(key, data, _actor(request))
+    await require_strict(request, LimitBody)
+    wanted = data.resolve()
+    mutations, actor = _services(request).mutations, actor_of(request)
+    if isinstance(wanted, Limit):
+        submitted = await mutations.set(key, wanted, actor)
+    else:
+        submitted = await mutations.set_many(key, wanted.limits, wanted.shadow, actor)
     outcome = submitted.outcome
-    if outcome is None:
-        return _accepted(submitted.event_id)
+    if not isinstance(outcome, LimitChanged):
+        return accepted(submitted.event_id)
     if outcome.result == "stale":
         return _conflict(submitted.event_id)
     status = HTTP_201_CREATED if outcome.result == "created" else HTTP_200_OK
-    return Response(outcome.limit or data, status_code=status)
+    return Response(_answer_body(outcome) or wanted, status_code=status)
 
 
 @get(
     "/rate-limit/{key:str}",
     tags=["limits"],
     guards=[admin_guard],
-    summary="A key's limit and live state",
-    responses=_errors(400, 401, 404, 503),
+    summary="The limits a key is checked under, and its live usage",
+    responses=error_specs(400, 401, 503),
 )
 async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
-    """The limit with `remaining` and `reset_after_ms` now; consumes nothing."""
+    """For any valid key: its effective limits (`source`: its own `key` limits, a `policy`,
+    or the built-in `default`), and what is left of each now. Spends and creates nothing."""
     validate_key(key)
     result = await _services(request).limiter.status(key)
     return _status_body(key, result)
+
+
+@get(
+    "/rate-limit",
+    tags=["limits"],
+    guards=[admin_guard],
+    summary="Keys with limits of their own",
+    responses=error_specs(400, 401, 503),
+)
+async def list_limits(
+    request: Request[Any, Any, Any],
+    prefix: FromQuery[Annotated[str, Parameter(max_length=256)]] = "",
+    count: FromQuery[Annotated[int, Parameter(ge=1, le=1000)]] = 100,
+    cursor: FromQuery[Annotated[str, Parameter(max_length=64)]] = "",
+) -> KeyList:
+    """Keys starting with `prefix` that have limits of their own (set with `POST` or
+    inline), about `count` per page; pass `next_cursor` back as `cursor` for the next page
+    (`null`: the last). Scans every Redis node."""
+    if cursor and not _CURSOR.fullmatch(cursor):
+        raise LimitValidationError("cursor: not a cursor this service gave", field="cursor")
+    store = _services(request).config
+    found, following = await store.list_keys(prefix, count, cursor)
+    items = [
+        KeyLimitsItem(key=key, limits=list(c.limits), shadow=c.shadow, inline=c.inline)
+        for key, c in found
+    ]
+    return KeyList(items=items, next_cursor=following or None)
 
 
 @delete(
     "/rate-limit/{key:str}",
     tags=["limits"],
     guards=[admin_guard],
-    summary="Remove a key's limit and state",
+    summary="Remove a key's limits and state",
     status_code=HTTP_200_OK,
-    responses={202: _ACCEPTED, 409: _CONFLICT, **_errors(400, 401, 404, 503)},
+    responses={202: ACCEPTED_SPEC, 409: _CONFLICT, **error_specs(400, 401, 404, 503)},
 )
 async def delete_limit(
     request: Request[Any, Any, Any], key: Key
-) -> Response[Limit | AcceptedResponse | ErrorResponse]:
-    """200 with the removed limit, 404 when the key had none (202 as for POST)."""
+) -> Response[Limit | KeyLimits | AcceptedResponse | ErrorResponse]:
+    """200 with the removed limits, 404 when the key had none (202 as for POST)."""
     validate_key(key)
-    submitted = await _services(request).mutations.delete(key, _actor(request))
+    submitted = await _services(request).mutations.delete(key, actor_of(request))
     outcome = submitted.outcome
-    if outcome is None:
-        return _accepted(submitted.event_id)
+    if not isinstance(outcome, LimitChanged):
+        return accepted(submitted.event_id)
     if outcome.result == "stale":
         return _conflict(submitted.event_id)
+    if outcome.result == "not_found":
+        raise NotFoundError("no limit is set for this key")
+    if outcome.before_limits is not None:
+        return Response(KeyLimits(outcome.before_limits, outcome.before_shadow))
     if outcome.before is None:
         raise NotFoundError("no limit is set for this key")
     return Response(outcome.before)
+
+
+@post(
+    "/rate-limit/{key:str}/reset",
+    tags=["limits"],
+    guards=[admin_guard],
+    summary="Clear what a key has spent",
+    status_code=HTTP_200_OK,
+    responses={202: ACCEPTED_SPEC, **error_specs(400, 401, 503)},
+)
+async def reset_key(
+    request: Request[Any, Any, Any], key: Key
+) -> Response[ResetResponse | AcceptedResponse]:
+    """Every limit of the key is full again; the limits themselves stay. Travels on the
+    config stream like a change (audited: who, when, trace); 202 as for POST."""
+    validate_key(key)
+    submitted = await _services(request).mutations.reset(key, actor_of(request))
+    if submitted.outcome is None:
+        return accepted(submitted.event_id)
+    return Response(ResetResponse(key=key, reset=True))
 
 
 @post(
@@ -212,7 +304,7 @@ async def delete_limit(
     status_code=HTTP_200_OK,
     responses={
         429: ResponseSpec(data_container=CheckDenied, description="Rate limit exceeded."),
-        **_errors(400, 401, 413, 503),
+        **error_specs(400, 401, 413, 503),
     },
 )
 async def check(
@@ -231,4 +323,4 @@ async def check(
 #: answered by api.checks.LeanChecks before Litestar routes anything.
 _ANSWERED_BEFORE_ROUTING = RuntimeError("checks are answered by api.checks.LeanChecks")
 
-ROUTES = [health, ready, put_limit, get_limit, delete_limit, check]
+ROUTES = [health, ready, put_limit, get_limit, list_limits, delete_limit, reset_key, check]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from core.limiter import Limiter
     from core.mutations import Mutations
     from core.notifications import NotificationHub
+    from core.policies import PolicySync
     from core.settings import Settings
 
 __all__ = ["Services"]
@@ -30,6 +31,7 @@ class Services:
     config: ConfigStore
     hub: NotificationHub
     mutations: Mutations
+    policies: PolicySync
     metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
     drain: Drain = field(default_factory=Drain)

@@ -398,6 +398,29 @@ class Gateway:
 
     # -- fan-out --------------------------------------------------------------------
 
+    def primaries(self) -> list[Any]:
+        """What a key-space scan visits: the server, or every master of a cluster."""
+        if not self.cluster:
+            return [None]
+        cluster: Any = self.client
+        return list(cluster.get_primaries())
+
+    async def scan(self, node: Any, cursor: int, pattern: str, count: int) -> tuple[int, list[str]]:
+        """One SCAN step on ``node`` (one of :meth:`primaries`): the next cursor and names."""
+        if node is None:
+            reply: Any = await self.call(
+                "scan", self.client.scan, cursor, match=pattern, count=count
+            )
+        else:
+            command: Any = self.client.execute_command
+            reply = await self.call(
+                "scan", command, "SCAN", cursor, "MATCH", pattern, "COUNT", count, target_nodes=node
+            )
+            if isinstance(reply, dict):  # keyed by node when redis-py fans out
+                reply = next(iter(reply.values()))
+        next_cursor, names = reply
+        return int(next_cursor), [text(n) for n in names]
+
     async def publish_many(self, channel: str, messages: list[bytes]) -> None:
         """PUBLISH each message, in order off a cluster (cluster pipelines refuse it)."""
         if self.cluster:

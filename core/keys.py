@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from core.errors import InvalidKeyError
-from schemas.limits import KEY_PATTERN
+from schemas.limits import KEY_PATTERN, MAX_KEY_BYTES
 
 __all__ = ["APPLIERS", "AUDITORS", "KEY_PATTERN", "KeySpace", "validate_key"]
 
@@ -22,10 +22,11 @@ _KEY_RE = re.compile(KEY_PATTERN)
 
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a valid rate-limit key, else raise :class:`InvalidKeyError`."""
-    if not _KEY_RE.fullmatch(key):
+    if not _KEY_RE.fullmatch(key) or len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidKeyError(
-            "key must be 1-256 characters of A-Z a-z 0-9 _ - . : "
-            f"(got {len(key)} characters{_first_bad(key)})"
+            "key must be 1-256 characters (at most 256 bytes of UTF-8) without whitespace, "
+            f"control characters, / {{ }} or * (got {len(key.encode())} bytes"
+            f"{_first_bad(key)})"
         )
     return key
 
@@ -48,6 +49,10 @@ class KeySpace:
         "dead_stream",
         "heartbeat_prefix",
         "notify_channel",
+        "policies",
+        "policy_gone",
+        "policy_patterns",
+        "policy_version",
         "prefix",
     )
 
@@ -60,6 +65,11 @@ class KeySpace:
         self.config_stream = f"{{{prefix}}}:config"
         self.audit_stream = f"{{{prefix}}}:audit"
         self.dead_stream = f"{{{prefix}}}:dead"
+        # Policies share that tag too: their apply script reads and writes them together.
+        self.policies = f"{{{prefix}}}:policies"
+        self.policy_patterns = f"{{{prefix}}}:patterns"
+        self.policy_gone = f"{{{prefix}}}:policy-gone"
+        self.policy_version = f"{{{prefix}}}:policy-version"
         self.heartbeat_prefix = f"{prefix}:worker:"
         self.notify_channel = f"{prefix}:limits"
 

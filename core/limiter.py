@@ -1,11 +1,17 @@
-"""The check path: one script call decides, spends and reports."""
+"""The check path: one script call decides, spends and reports.
+
+A key is checked under its own limits when it has some (the script reads them), else under
+the limits :class:`core.policies.PolicyTable` resolves for it (passed to the script), so no
+script ever reads across hash slots.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from core.errors import LimitValidationError, NotFoundError
-from core.scripts import CHECK, CHECK_ALL, CHECK_MANY, decode_limits, limit_args
+from core.errors import LimitValidationError
+from core.policies import PolicyTable, Resolved
+from core.scripts import CHECK, CHECK_ALL, CHECK_MANY, decode_limits
 from schemas.limits import Limit
 
 if TYPE_CHECKING:
@@ -15,17 +21,20 @@ if TYPE_CHECKING:
     from core.keys import KeySpace
     from schemas.limits import Algorithm
 
-__all__ = ["CheckResult", "Limiter"]
+__all__ = ["CHECKS_PER_CALL", "MAX_ALL_OR_NOTHING", "CheckResult", "Limiter", "Source"]
 
 #: Most all-or-nothing keys in one call: the script decides each key up to three times.
 MAX_ALL_OR_NOTHING = 100
 #: Most checks of a batch decided by one script call (bounds how long one call runs).
 CHECKS_PER_CALL = 100
 
+Source = Literal["key", "policy", "default"]
+
 
 class CheckResult:
     """A decision and the limit that made it (the one that denied, else the one with the
-    least remaining). Times in ms; ``now_ms`` is Redis time."""
+    least remaining), among all the limits the key was checked under. Times in ms;
+    ``now_ms`` is Redis time."""
 
     __slots__ = (
         "allowed",
@@ -33,10 +42,14 @@ class CheckResult:
         "limit",
         "limits",
         "now_ms",
+        "policy",
         "remaining",
         "reset_after_ms",
         "retry_after_ms",
         "rule",
+        "shadow",
+        "source",
+        "usage",
     )
 
     def __init__(
@@ -48,6 +61,11 @@ class CheckResult:
         now_ms: int,
         limits: tuple[Limit, ...],
         index: int,
+        *,
+        source: Source = "default",
+        policy: str | None = None,
+        shadow: bool = False,
+        usage: list[tuple[int, int]] | None = None,
     ) -> None:
         self.allowed = allowed
         self.remaining = remaining
@@ -58,6 +76,10 @@ class CheckResult:
         self.index = index
         self.rule = limits[index]
         self.limit = self.rule.capacity
+        self.source = source
+        self.policy = policy
+        self.shadow = shadow
+        self.usage = usage  # status only: (remaining, reset_after_ms) of every limit
 
     @property
     def algorithm(self) -> Algorithm:
@@ -78,24 +100,36 @@ class CheckResult:
 
 
 class Limiter:
-    """Checks against a key's own limits in Redis, else the limits it is given (default)."""
+    """Checks keys against their own limits in Redis, else the limits policies give them."""
 
-    __slots__ = ("_default", "_default_args", "_gateway", "_inline_ttl", "_keys", "_own")
+    __slots__ = ("_gateway", "_inline_ttl", "_keys", "_own", "policies")
 
     def __init__(
         self,
         gateway: Gateway,
         keys: KeySpace,
-        default: Limit | Sequence[Limit],
+        default: Limit | Sequence[Limit] | PolicyTable,
         *,
         inline_ttl_ms: int = 86_400_000,
     ) -> None:
         self._gateway = gateway
         self._keys = keys
-        self._default = (default,) if isinstance(default, Limit) else tuple(default)
-        self._default_args = limit_args(self._default)
+        if isinstance(default, PolicyTable):
+            self.policies = default
+        else:
+            limits = (default,) if isinstance(default, Limit) else tuple(default)
+            self.policies = PolicyTable(Resolved.of(None, limits))
         self._inline_ttl = inline_ttl_ms
-        self._own: dict[str, tuple[Limit, ...]] = {}  # decoded own limits, by their text
+        self._own: dict[str, tuple[tuple[Limit, ...], bool]] = {}  # decoded own limits
+
+    def _call(
+        self, key: str, tokens: int, inline: Limit | None, now_us: int | None, mode: str | None
+    ) -> tuple[list[str], list[Any], Resolved]:
+        given = self.policies.resolve(key) if inline is None else Resolved.of(None, (inline,))
+        now: Any = "" if now_us is None else now_us
+        mode = mode or ("d" if inline is None else "i")
+        args = [now, mode, self._inline_ttl, tokens, *given.args]
+        return self._keys.script_keys(key), args, given
 
     def script_args(
         self,
@@ -107,10 +141,8 @@ class Limiter:
         mode: str | None = None,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the check script for one check (core/lua/prelude.lua)."""
-        now: Any = "" if now_us is None else now_us
-        given = self._default_args if inline is None else limit_args((inline,))
-        mode = mode or ("d" if inline is None else "i")
-        return self._keys.script_keys(key), [now, mode, self._inline_ttl, tokens, *given]
+        keys, args, _ = self._call(key, tokens, inline, now_us, mode)
+        return keys, args
 
     async def check(
         self, key: str, tokens: int = 1, inline: Limit | None = None, *, now_us: int | None = None
@@ -120,31 +152,67 @@ class Limiter:
         ``inline`` is stored as the key's own limit when it has none (with a TTL: see
         INLINE_LIMIT_TTL_MS). ``now_us`` overrides the server clock; only tests pass it.
         """
-        keys, args = self.script_args(key, tokens, inline, now_us=now_us)
-        reply = await self._gateway.run(CHECK, keys, args)
-        return self.result(reply, tokens, self._default if inline is None else (inline,))
+        keys, args, given = self._call(key, tokens, inline, now_us, None)
+        return self.result(await self._gateway.run(CHECK, keys, args), tokens, given)
 
-    def result(self, reply: list[Any], tokens: int, given: tuple[Limit, ...]) -> CheckResult:
+    def result(self, reply: list[Any], tokens: int, given: Resolved) -> CheckResult:
         """Turn a script reply into a result, raising for the two refusal codes."""
-        code, index, remaining, reset, retry, now, own = reply
-        limits = self._decode(own) if own else given
+        code, index, remaining, reset, retry, now, own = reply[:7]
+        if own:
+            limits, shadow = self._decode(own)
+            source: Source = "key"
+            policy = None
+        else:
+            limits, shadow, policy = given.limits, given.shadow, given.name
+            source = "default" if policy is None else "policy"
         if code == -1:
             raise LimitValidationError(
                 f"tokens ({tokens}) exceeds the limit's capacity "
                 f"({limits[index].capacity}); such a check can never succeed",
                 field="tokens",
             )
-        if code == -2:
-            raise NotFoundError("no limit is set for this key")
-        return CheckResult(code == 1, remaining, reset, retry, now, limits, index)
+        usage = None
+        if len(reply) > 7:
+            flat = reply[7]
+            usage = list(zip(flat[::2], flat[1::2], strict=True))
+        return CheckResult(
+            code == 1,
+            remaining,
+            reset,
+            retry,
+            now,
+            limits,
+            index,
+            source=source,
+            policy=policy,
+            shadow=shadow,
+            usage=usage,
+        )
 
-    def _decode(self, own: str) -> tuple[Limit, ...]:
-        limits = self._own.get(own)
-        if limits is None:
+    def _decode(self, own: str) -> tuple[tuple[Limit, ...], bool]:
+        found = self._own.get(own)
+        if found is None:
             if len(self._own) >= 10_000:
                 self._own.clear()
-            limits = self._own[own] = decode_limits(own)
-        return limits
+            found = self._own[own] = decode_limits(own)
+        return found
+
+    def _grouped_args(self, items: list[tuple[str, int]]) -> tuple[list[Any], list[Resolved]]:
+        """ARGV after ``now`` for check_many/check_all: the distinct limit sets, then every
+        key's tokens and set (decide.lua ``limit_sets``/``key_item``); and each item's."""
+        sets: dict[int, int] = {}
+        flat: list[Any] = []
+        pairs: list[Any] = []
+        given: list[Resolved] = []
+        for key, tokens in items:
+            resolved = self.policies.resolve(key)
+            given.append(resolved)
+            number = sets.get(id(resolved))
+            if number is None:
+                number = sets[id(resolved)] = len(sets) + 1
+                flat += resolved.args
+            pairs += (tokens, number)
+        return [len(sets), *flat, *pairs], given
 
     async def check_many(
         self, items: list[tuple[str, int]]
@@ -158,30 +226,34 @@ class Limiter:
         if self._gateway.cluster:
             calls = [self.script_args(key, tokens) for key, tokens in items]
             replies = await self._gateway.run_many(CHECK, calls)
+            given = [self.policies.resolve(key) for key, _ in items]
         else:
-            replies = await self._many(items)
+            replies, given = await self._many(items)
         out: list[CheckResult | LimitValidationError] = []
-        for (_, tokens), reply in zip(items, replies, strict=True):
+        for (_, tokens), reply, resolved in zip(items, replies, given, strict=True):
             if isinstance(reply, Exception):
                 raise reply
             try:
-                out.append(self.result(reply, tokens, self._default))
+                out.append(self.result(reply, tokens, resolved))
             except LimitValidationError as exc:
                 out.append(exc)
         return out
 
-    async def _many(self, items: list[tuple[str, int]]) -> list[Any]:
+    async def _many(self, items: list[tuple[str, int]]) -> tuple[list[Any], list[Resolved]]:
         calls = []
+        given: list[Resolved] = []
         for start in range(0, len(items), CHECKS_PER_CALL):
             chunk = items[start : start + CHECKS_PER_CALL]
             keys = [name for key, _ in chunk for name in self._keys.script_keys(key)]
-            calls.append((keys, ["", *(tokens for _, tokens in chunk), *self._default_args]))
+            args, resolved = self._grouped_args(chunk)
+            calls.append((keys, ["", *args]))
+            given += resolved
         replies: list[Any] = []
         for reply in await self._gateway.run_many(CHECK_MANY, calls):
             if isinstance(reply, Exception):
                 raise reply
             replies += reply
-        return replies
+        return replies, given
 
     async def check_all(
         self, items: list[tuple[str, int]], *, now_us: int | None = None
@@ -208,19 +280,20 @@ class Limiter:
                 "these keys map to different slots",
                 field="checks",
             )
-        args: list[Any] = ["" if now_us is None else now_us, *merged.values()]
-        args += self._default_args
-        reply: list[Any] = await self._gateway.run(CHECK_ALL, keys, args)
+        args, given = self._grouped_args(list(merged.items()))
+        now: Any = "" if now_us is None else now_us
+        reply: list[Any] = await self._gateway.run(CHECK_ALL, keys, [now, *args])
         by_key: dict[str, CheckResult | LimitValidationError] = {}
-        for key, item in zip(merged, reply[1:], strict=True):
+        for (key, tokens), item, resolved in zip(merged.items(), reply[1:], given, strict=True):
             try:
-                by_key[key] = self.result(item, merged[key], self._default)
+                by_key[key] = self.result(item, tokens, resolved)
             except LimitValidationError as exc:
                 by_key[key] = exc
         return [by_key[key] for key, _ in items]
 
     async def status(self, key: str, *, now_us: int | None = None) -> CheckResult:
-        """The key's own limits and live state; consumes nothing. NotFoundError if none."""
-        keys, args = self.script_args(key, 0, now_us=now_us, mode="p")
+        """The limits ``key`` is checked under, where they come from, and the live usage of
+        each (``usage``); spends and creates nothing."""
+        keys, args = self.script_args(key, 0, now_us=now_us, mode="s")
         reply = await self._gateway.run(CHECK, keys, args)
-        return self.result(reply, 0, self._default)
+        return self.result(reply, 0, self.policies.resolve(key))

@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from opentelemetry.trace import SpanKind
 
 from core.streams import now_ms, publish
 from core.telemetry import Telemetry, current_traceparent
-from schemas.events import DeleteLimit, LimitChanged, SetLimit
+from schemas.events import (
+    ConfigEvent,
+    DeleteLimit,
+    DeletePolicy,
+    Notification,
+    ResetKey,
+    SetLimit,
+    SetLimits,
+    SetPolicy,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from core.gateway import Gateway
     from core.keys import KeySpace
     from core.notifications import NotificationHub
-    from schemas.limits import Limit
+    from schemas.limits import Limit, Policy
 
 __all__ = ["Mutations", "Submitted"]
 
@@ -28,7 +39,7 @@ class Submitted:
     """The entry id of a published change, and its outcome if applied in time."""
 
     event_id: str
-    outcome: LimitChanged | None
+    outcome: Notification | None
 
 
 class Mutations:
@@ -50,12 +61,28 @@ class Mutations:
         self._tracer = (telemetry or Telemetry()).tracer
 
     async def set(self, key: str, limit: Limit, actor: str) -> Submitted:
-        return await self._submit(key, limit, actor)
+        return await self.submit(lambda c: SetLimit(**c, key=key, limit=limit), actor)
+
+    async def set_many(self, key: str, limits: list[Limit], shadow: bool, actor: str) -> Submitted:
+        return await self.submit(
+            lambda c: SetLimits(**c, key=key, limits=limits, shadow=shadow), actor
+        )
 
     async def delete(self, key: str, actor: str) -> Submitted:
-        return await self._submit(key, None, actor)
+        return await self.submit(lambda c: DeleteLimit(**c, key=key), actor)
 
-    async def _submit(self, key: str, limit: Limit | None, actor: str) -> Submitted:
+    async def reset(self, key: str, actor: str) -> Submitted:
+        return await self.submit(lambda c: ResetKey(**c, key=key), actor)
+
+    async def set_policy(self, name: str, policy: Policy, actor: str) -> Submitted:
+        return await self.submit(lambda c: SetPolicy(**c, name=name, policy=policy), actor)
+
+    async def delete_policy(self, name: str, actor: str) -> Submitted:
+        return await self.submit(lambda c: DeletePolicy(**c, name=name), actor)
+
+    async def submit(self, make: Callable[[dict[str, Any]], ConfigEvent], actor: str) -> Submitted:
+        """Publish the event ``make`` builds from the common fields; wait (bounded) for its
+        notification."""
         request_id = uuid.uuid4().hex
         stream = self._keys.config_stream
         with self._tracer.start_as_current_span(
@@ -69,14 +96,14 @@ class Mutations:
                 "throttler.request_id": request_id,
             },
         ) as span:
-            common = {
-                "key": key,
-                "actor": actor,
-                "request_id": request_id,
-                "submitted_at_ms": now_ms(),
-                "traceparent": current_traceparent(),
-            }
-            event = DeleteLimit(**common) if limit is None else SetLimit(**common, limit=limit)  # type: ignore[arg-type]
+            event = make(
+                {
+                    "actor": actor,
+                    "request_id": request_id,
+                    "submitted_at_ms": now_ms(),
+                    "traceparent": current_traceparent(),
+                }
+            )
             future = self._hub.expect(request_id)
             try:
                 event_id = await publish(self._gateway, self._keys, event, self._maxlen)

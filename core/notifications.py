@@ -16,10 +16,10 @@ import anyio
 import msgspec
 
 from core.gateway import is_unavailable
-from schemas.events import LimitChanged
+from schemas.events import Notification, PolicyChanged, notification_decoder
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["NotificationHub"]
 
 _log = logging.getLogger("throttler.notifications")
-_decoder = msgspec.json.Decoder(LimitChanged)
 
 
 class NotificationHub:
@@ -36,14 +35,19 @@ class NotificationHub:
         self._gateway = gateway
         self.channel = channel
         self._buffer = buffer
-        self._waiters: dict[str, asyncio.Future[LimitChanged]] = {}
-        self._listeners: dict[MemoryObjectSendStream[LimitChanged], str] = {}
+        self._waiters: dict[str, asyncio.Future[Notification]] = {}
+        self._listeners: dict[MemoryObjectSendStream[Notification], str] = {}
         self._ended = False
+        self._on_policy: list[Callable[[], None]] = []
         self.subscribed = anyio.Event()
 
-    def expect(self, request_id: str) -> asyncio.Future[LimitChanged]:
+    def on_policy_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a policy changed (the in-process policy table)."""
+        self._on_policy.append(callback)
+
+    def expect(self, request_id: str) -> asyncio.Future[Notification]:
         """A future resolved by the notification carrying ``request_id``."""
-        future: asyncio.Future[LimitChanged] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Notification] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future
         future.add_done_callback(lambda _: self._waiters.pop(request_id, None))
         return future
@@ -51,12 +55,13 @@ class NotificationHub:
     @asynccontextmanager
     async def listen(
         self, prefix: str = ""
-    ) -> AsyncIterator[MemoryObjectReceiveStream[LimitChanged]]:
-        """Notifications for keys starting with ``prefix``, while the context is open.
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Notification]]:
+        """Notifications for keys starting with ``prefix`` (and of policy changes, when
+        ``prefix`` is empty), while the context is open.
 
         The stream ends (``EndOfStream``) after :meth:`end_listeners`.
         """
-        send, receive = anyio.create_memory_object_stream[LimitChanged](self._buffer)
+        send, receive = anyio.create_memory_object_stream[Notification](self._buffer)
         if self._ended:
             send.close()
         else:
@@ -78,12 +83,16 @@ class NotificationHub:
             send.close()
         self._listeners.clear()
 
-    def dispatch(self, note: LimitChanged) -> None:
+    def dispatch(self, note: Notification) -> None:
         future = self._waiters.get(note.request_id) if note.request_id else None
         if future is not None and not future.done():
             future.set_result(note)
+        if isinstance(note, PolicyChanged):
+            for callback in self._on_policy:
+                callback()
+        subject = "" if isinstance(note, PolicyChanged) else note.key  # policies: to all
         for send, prefix in list(self._listeners.items()):
-            if note.key.startswith(prefix):
+            if subject.startswith(prefix):
                 with suppress(
                     anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
                 ):
@@ -119,7 +128,7 @@ class NotificationHub:
                 if message is None or message.get("type") != "message":
                     continue
                 try:
-                    self.dispatch(_decoder.decode(message["data"]))
+                    self.dispatch(notification_decoder.decode(message["data"]))
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                     _log.warning("ignored a malformed notification: %s", exc)
         finally:

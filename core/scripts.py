@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPLY",
+    "APPLY_POLICY",
     "CHECK",
     "CHECK_ALL",
     "CHECK_MANY",
     "FINISH",
+    "READ_POLICIES",
     "Script",
     "decode_limits",
     "encode_limits",
@@ -68,20 +70,26 @@ def limit_args(limits: Sequence[Limit]) -> list[int]:
     return out
 
 
-def encode_limits(limits: Sequence[Limit]) -> str:
-    """A key's own limits as its hash stores them: ``alg,requests,window_ms,burst;...``."""
-    return ";".join(
+_SHADOW = "S;"
+
+
+def encode_limits(limits: Sequence[Limit], *, shadow: bool = False) -> str:
+    """A key's own limits as its hash stores them: ``alg,requests,window_ms,burst;...``,
+    after ``S;`` in shadow mode."""
+    text = ";".join(
         f"{_ALG_INDEX[x.algorithm]},{x.requests},{x.window_ms},{x.burst or 0}" for x in limits
     )
+    return _SHADOW + text if shadow else text
 
 
-def decode_limits(text: str) -> tuple[Limit, ...]:
-    """The inverse of :func:`encode_limits`."""
+def decode_limits(text: str) -> tuple[tuple[Limit, ...], bool]:
+    """The inverse of :func:`encode_limits`: (the limits, shadow)."""
+    shadow = text.startswith(_SHADOW)
     out = []
-    for part in text.split(";"):
+    for part in text.removeprefix(_SHADOW).split(";"):
         alg, requests, window_ms, burst = (int(v) for v in part.split(","))
         out.append(Limit(requests, window_ms, ALGORITHMS[alg - 1], burst or None))
-    return tuple(out)
+    return tuple(out), shadow
 
 
 _DECIDE = "\n".join(_read(p) for p in _CHECK_PARTS)
@@ -89,4 +97,6 @@ CHECK = Script.from_source("check", _DECIDE + "\n" + _read("check.lua"))
 CHECK_ALL = Script.from_source("check_all", _DECIDE + "\n" + _read("check_all.lua"))
 CHECK_MANY = Script.from_source("check_many", _DECIDE + "\n" + _read("check_many.lua"))
 APPLY = Script.from_source("apply", _read("apply.lua"))
+APPLY_POLICY = Script.from_source("apply_policy", _read("apply_policy.lua"))
+READ_POLICIES = Script.from_source("read_policies", _read("read_policies.lua"))
 FINISH = Script.from_source("finish", _read("finish.lua"))

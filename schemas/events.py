@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.limits import KEY_PATTERN, Limit
+from schemas.limits import KEY_PATTERN, POLICY_NAME_PATTERN, Limit, Limits, Policy, Shadow
 
 __all__ = [
     "AuditEvent",
@@ -23,17 +23,27 @@ __all__ = [
     "ConfigEvent",
     "DeadLetter",
     "DeleteLimit",
+    "DeletePolicy",
+    "KeyEvent",
     "LimitChanged",
+    "Notification",
+    "PolicyChanged",
+    "PolicyEvent",
+    "ResetKey",
     "SetLimit",
+    "SetLimits",
+    "SetPolicy",
     "config_event_decoder",
     "config_event_schema",
+    "notification_decoder",
 ]
 
 Key = Annotated[
     str,
     msgspec.Meta(
         pattern=KEY_PATTERN,
-        description="The rate-limit key: 1-256 characters of A-Z a-z 0-9 _ - . :",
+        description="The rate-limit key: at most 256 bytes of UTF-8 without whitespace, "
+        "control characters, / { } or *",
         examples=["free:client-123"],
     ),
 ]
@@ -52,35 +62,77 @@ Traceparent = Annotated[
     ),
 ]
 Millis = Annotated[int, msgspec.Meta(ge=0, description="Unix time in milliseconds.")]
+PolicyName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=POLICY_NAME_PATTERN,
+        description="A policy's name: 1-64 characters of A-Z a-z 0-9 _ - . :",
+        examples=["free-tier"],
+    ),
+]
 
 
 class _Event(msgspec.Struct, tag_field="type", kw_only=True):
-    key: Key
     actor: Actor = "unknown"
     request_id: RequestId = ""
     submitted_at_ms: Millis = 0
     traceparent: Traceparent | None = None
 
 
-class SetLimit(_Event, tag="set_limit", kw_only=True):
-    """Create or replace the key's limit."""
+class KeyEvent(_Event, kw_only=True):
+    """A change to one rate-limit key."""
+
+    key: Key
+
+
+class SetLimit(KeyEvent, tag="set_limit", kw_only=True):
+    """Create or replace the key's limit (one limit)."""
 
     limit: Limit
 
 
-class DeleteLimit(_Event, tag="delete_limit", kw_only=True):
-    """Remove the key's limit and state."""
+class SetLimits(KeyEvent, tag="set_limits", kw_only=True):
+    """Create or replace the key's limits (one to eight, and the shadow flag)."""
+
+    limits: Limits
+    shadow: Shadow = False
 
 
-ConfigEvent = SetLimit | DeleteLimit
+class DeleteLimit(KeyEvent, tag="delete_limit", kw_only=True):
+    """Remove the key's limits and state."""
+
+
+class ResetKey(KeyEvent, tag="reset_key", kw_only=True):
+    """Clear what the key has spent under every limit; its limits stay."""
+
+
+class PolicyEvent(_Event, kw_only=True):
+    """A change to one policy."""
+
+    name: PolicyName
+
+
+class SetPolicy(PolicyEvent, tag="set_policy", kw_only=True):
+    """Create or replace a policy."""
+
+    policy: Policy
+
+
+class DeletePolicy(PolicyEvent, tag="delete_policy", kw_only=True):
+    """Remove a policy (the keys it matched fall back to the next match)."""
+
+
+ConfigEvent = SetLimit | SetLimits | DeleteLimit | ResetKey | SetPolicy | DeletePolicy
 
 AuditResult = Literal[
-    "created",  # applied: the key had no limit
-    "replaced",  # applied: the key's limit was replaced
-    "deleted",  # applied: the limit was removed
-    "not_found",  # applied: a delete of a key that had no limit
-    "stale",  # skipped: the key already holds a newer change
+    "created",  # applied: the key (policy) had no limit (did not exist)
+    "replaced",  # applied: the key's limits (the policy) were replaced
+    "deleted",  # applied: the limits (the policy) were removed
+    "not_found",  # applied: a delete of a key that had no limit (a policy that did not exist)
+    "reset",  # applied: what the key had spent was cleared
+    "stale",  # skipped: the key (policy) already holds a newer change
     "redelivered",  # this entry's change was already in place (an earlier delivery applied it)
+    "conflict",  # skipped: a pattern of the policy belongs to another policy
 ]
 
 
@@ -89,9 +141,9 @@ class AuditEvent(msgspec.Struct, kw_only=True):
 
     config_id: str
     type: str
-    key: str
+    key: str  # "" for a policy event
     result: AuditResult
-    before: Limit | None
+    before: Limit | None  # a key's single limit
     after: Limit | None
     actor: str
     request_id: str
@@ -99,12 +151,18 @@ class AuditEvent(msgspec.Struct, kw_only=True):
     applied_at_ms: int
     worker: str
     traceparent: str | None = None
+    before_limits: list[Limit] | None = None  # a key's limits when it had several
+    after_limits: list[Limit] | None = None
+    shadow: bool = False  # the key's limits (after) are in shadow mode
+    policy: str | None = None  # a policy event: the policy's name
+    before_policy: Policy | None = None
+    after_policy: Policy | None = None
 
 
-class LimitChanged(msgspec.Struct, kw_only=True):
-    """The limit-change notification, published on ``<prefix>:limits`` (Redis Pub/Sub)."""
+class LimitChanged(msgspec.Struct, tag_field="type", tag="limit_changed", kw_only=True):
+    """A key's limits changed (or its usage was reset): published on ``<prefix>:limits``
+    (Redis Pub/Sub) once applied."""
 
-    type: Literal["limit_changed"] = "limit_changed"
     event_id: str
     key: str
     result: AuditResult
@@ -112,6 +170,25 @@ class LimitChanged(msgspec.Struct, kw_only=True):
     before: Limit | None = None
     request_id: str
     applied_at_ms: int
+    limits: list[Limit] | None = None  # the key's limits when it has several
+    shadow: bool = False
+    before_limits: list[Limit] | None = None  # ... and before, when it had several
+    before_shadow: bool = False
+
+
+class PolicyChanged(msgspec.Struct, tag_field="type", tag="policy_changed", kw_only=True):
+    """A policy changed: published on ``<prefix>:limits`` once applied."""
+
+    event_id: str
+    name: str
+    result: AuditResult
+    policy: Policy | None
+    before: Policy | None = None
+    request_id: str
+    applied_at_ms: int
+
+
+Notification = LimitChanged | PolicyChanged
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -126,6 +203,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 
 
 config_event_decoder = msgspec.json.Decoder(ConfigEvent)
+notification_decoder = msgspec.json.Decoder(Notification)
 
 
 def config_event_schema() -> dict[str, object]:

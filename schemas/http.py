@@ -11,8 +11,11 @@ from schemas.limits import (
     MAX_REQUESTS,
     Algorithm,
     Burst,
+    KeyLimits,
     Limit,
+    Limits,
     Requests,
+    Shadow,
     WindowMs,
 )
 
@@ -27,8 +30,15 @@ __all__ = [
     "CheckRequest",
     "ErrorResponse",
     "HealthResponse",
+    "KeyLimitsItem",
+    "KeyList",
+    "LimitBody",
     "LimitStatus",
+    "LimitUsage",
+    "PolicyList",
+    "PolicyView",
     "ReadyResponse",
+    "ResetResponse",
 ]
 
 Tokens = Annotated[
@@ -73,6 +83,19 @@ class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
         self.inline_limit()
 
 
+PolicyField = Annotated[
+    str | None,
+    msgspec.Meta(description="The policy the key was checked under (absent: none applied)."),
+]
+ShadowField = Annotated[
+    Literal["denied"] | None,
+    msgspec.Meta(
+        description="`denied`: a limit in shadow mode would have denied this check (it was "
+        "allowed); absent otherwise."
+    ),
+]
+
+
 class CheckAllowed(msgspec.Struct, omit_defaults=True):
     """An allowed check. ``enforced`` is present (false) only when Redis could not be asked
     and ``FAILURE_POLICY=open`` let the request through without a decision."""
@@ -82,20 +105,37 @@ class CheckAllowed(msgspec.Struct, omit_defaults=True):
     limit: int
     reset_after_ms: int
     enforced: bool = True
+    policy: PolicyField = None
+    shadow: ShadowField = None
 
 
-class CheckDenied(msgspec.Struct):
+class CheckDenied(msgspec.Struct, omit_defaults=True):
     allowed: bool
     remaining: int
     limit: int
     retry_after_ms: int
     reset_after_ms: int
-    error: Literal["rate_limit_exceeded"] = "rate_limit_exceeded"
-    message: str = "rate limit exceeded"
+    error: Literal["rate_limit_exceeded"]
+    message: str
+    policy: PolicyField = None
+
+
+class LimitUsage(msgspec.Struct):
+    """One limit a key is checked under, and what is left of it now."""
+
+    requests: int
+    window_ms: int
+    algorithm: Algorithm
+    burst: int | None
+    limit: int
+    remaining: int
+    reset_after_ms: int
 
 
 class LimitStatus(msgspec.Struct):
-    """A key's limit and its live state (nothing consumed)."""
+    """The limits a key is checked under, where they come from, and its live usage (nothing
+    consumed or created). The top-level limit fields describe the limit with the least
+    remaining (the one a check would hit first)."""
 
     key: str
     requests: int
@@ -105,6 +145,71 @@ class LimitStatus(msgspec.Struct):
     limit: int
     remaining: int
     reset_after_ms: int
+    source: Literal["key", "policy", "default"]
+    policy: str | None
+    shadow: bool
+    limits: list[LimitUsage]
+
+
+class KeyLimitsItem(msgspec.Struct):
+    """A key with limits of its own."""
+
+    key: str
+    limits: list[Limit]
+    shadow: bool
+    inline: bool
+
+
+class KeyList(msgspec.Struct):
+    """A page of keys with limits of their own; ``next_cursor`` continues (null: done)."""
+
+    items: list[KeyLimitsItem]
+    next_cursor: str | None
+
+
+class ResetResponse(msgspec.Struct):
+    key: str
+    reset: bool
+
+
+class PolicyView(msgspec.Struct):
+    """A policy and its name."""
+
+    name: str
+    limits: list[Limit]
+    match: list[str]
+    shadow: bool
+
+
+class PolicyList(msgspec.Struct):
+    items: list[PolicyView]
+
+
+class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A key's own limits: one limit (``requests``, ``window_ms``, ``algorithm``, ``burst``,
+    as always), or several (``limits``, with ``shadow``)."""
+
+    requests: Requests | None = None
+    window_ms: WindowMs | None = None
+    algorithm: Algorithm | None = None
+    burst: Burst | None = None
+    limits: Limits | None = None
+    shadow: Shadow | None = None
+
+    def __post_init__(self) -> None:
+        self.resolve()
+
+    def resolve(self) -> Limit | KeyLimits:
+        single = (self.requests, self.window_ms, self.algorithm, self.burst)
+        if self.limits is not None:
+            if any(v is not None for v in single):
+                raise ValueError("give one limit (requests, window_ms, ...) or limits, not both")
+            return KeyLimits(self.limits, bool(self.shadow))
+        if self.shadow is not None:
+            raise ValueError("shadow needs limits: {\"limits\": [...], \"shadow\": true}")
+        if self.requests is None or self.window_ms is None:
+            raise ValueError("requests and window_ms are required (or limits)")
+        return Limit(self.requests, self.window_ms, self.algorithm or "token_bucket", self.burst)
 
 
 class AcceptedResponse(msgspec.Struct):
@@ -160,6 +265,8 @@ class BatchResult(msgspec.Struct, omit_defaults=True):
     retry_after_ms: int | None = None
     error: str | None = None
     message: str | None = None
+    policy: PolicyField = None
+    shadow: ShadowField = None
 
 
 class BatchResponse(msgspec.Struct):

@@ -1,4 +1,4 @@
-"""A limit: the rule one rate-limit key is held to."""
+"""Limits and policies: the rules rate-limit keys are held to."""
 
 from __future__ import annotations
 
@@ -9,17 +9,32 @@ import msgspec
 __all__ = [
     "ALGORITHMS",
     "KEY_PATTERN",
+    "MAX_KEY_BYTES",
+    "MAX_LIMITS",
     "MAX_REQUESTS",
     "MAX_SLIDING_REQUESTS",
     "MAX_WINDOW_MS",
+    "PATTERN_PATTERN",
+    "POLICY_NAME_PATTERN",
     "Algorithm",
+    "KeyLimits",
     "Limit",
+    "Limits",
+    "Policy",
 ]
 
-#: A rate-limit key: no braces, so a key cannot break out of its Redis Cluster hash tag.
+#: A rate-limit key: any text without whitespace, control characters, ``/`` (paths), ``{``
+#: and ``}`` (so a key cannot break out of its Redis Cluster hash tag) or ``*`` (patterns),
+#: at most :data:`MAX_KEY_BYTES` bytes of UTF-8 (``core.keys.validate_key`` counts bytes).
 #: ``$(?!\n)``: Python's ``$`` also matches before a final newline; this form ends the key
 #: at the true end in Python (msgspec) and in JSON Schema (ECMA) alike.
-KEY_PATTERN: Final = r"^[A-Za-z0-9_\-.:]{1,256}$(?!\n)"
+_KEY_CHAR = r"[^\s\x00-\x1f\x7f-\x9f/{}*]"
+KEY_PATTERN: Final = rf"^{_KEY_CHAR}{{1,256}}$(?!\n)"
+MAX_KEY_BYTES: Final = 256
+#: A policy's ``match`` entry: an exact key, a prefix ending in ``*``, or ``*`` alone.
+PATTERN_PATTERN: Final = rf"^(\*|{_KEY_CHAR}{{1,256}}\*?)$(?!\n)"
+POLICY_NAME_PATTERN: Final = r"^[A-Za-z0-9_\-.:]{1,64}$(?!\n)"
+MAX_LIMITS: Final = 8  #: limits one key or policy may hold
 MAX_REQUESTS: Final = 1_000_000_000
 MAX_WINDOW_MS: Final = 2_678_400_000  # 31 days
 MAX_SLIDING_REQUESTS: Final = 100_000  # the exact log stores one entry per request
@@ -90,3 +105,53 @@ class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     def capacity(self) -> int:
         """The most one check can ever spend: burst for buckets and GCRA, else requests."""
         return self.burst if self.burst is not None else self.requests
+
+
+Limits = Annotated[
+    list[Limit],
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_LIMITS,
+        description=f"1 to {MAX_LIMITS} limits: a check must satisfy every one of them.",
+    ),
+]
+Shadow = Annotated[
+    bool,
+    msgspec.Meta(
+        description="Evaluate and spend as usual, but allow every check: a would-be denial "
+        "is reported (`\"shadow\": \"denied\"`, `X-RateLimit-Shadow`) and counted."
+    ),
+]
+Pattern = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=PATTERN_PATTERN,
+        description="An exact key, a prefix ending in `*` (`free:*`), or `*` alone (every "
+        "key without a better match: replaces the built-in default).",
+        examples=["free:*"],
+    ),
+]
+
+
+class KeyLimits(msgspec.Struct, forbid_unknown_fields=True):
+    """A key's own limits when it has several (or a shadow flag)."""
+
+    limits: Limits
+    shadow: Shadow = False
+
+
+class Policy(msgspec.Struct, forbid_unknown_fields=True):
+    """Limits for every key that a pattern of ``match`` selects."""
+
+    limits: Limits
+    match: Annotated[
+        list[Pattern], msgspec.Meta(max_length=1000, description="Keys and prefixes it covers.")
+    ] = msgspec.field(default_factory=list)
+    shadow: Shadow = False
+
+    def __post_init__(self) -> None:
+        if len(set(self.match)) != len(self.match):
+            raise ValueError("match lists a pattern twice")
+        for pattern in self.match:
+            if len(pattern.encode()) > MAX_KEY_BYTES + 1:
+                raise ValueError(f"match: {pattern!r} is longer than {MAX_KEY_BYTES} bytes")

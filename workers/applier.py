@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from core.config_store import ApplyResult, PolicyResult
 from core.errors import RedisUnavailableError
 from core.gateway import text
 from core.keys import APPLIERS
@@ -28,16 +29,23 @@ from schemas.events import (
     AuditResult,
     ConfigEvent,
     DeadLetter,
+    KeyEvent,
     LimitChanged,
+    PolicyChanged,
+    PolicyEvent,
+    ResetKey,
     SetLimit,
+    SetLimits,
+    SetPolicy,
     config_event_decoder,
 )
 
 if TYPE_CHECKING:
-    from core.config_store import ApplyResult, ConfigStore
+    from core.config_store import ConfigStore
     from core.gateway import Gateway
     from core.keys import KeySpace
     from core.metrics import Metrics
+    from schemas.limits import Limit
 
 __all__ = ["Applier", "Entry"]
 
@@ -64,6 +72,40 @@ def _fields(fields: dict[bytes, bytes]) -> dict[str, str]:
 
 def _tag(event: ConfigEvent) -> str:
     return str(type(event).__struct_config__.tag)
+
+
+def _change(event: KeyEvent) -> Any:
+    """A key event as ConfigStore.apply_many takes it."""
+    if isinstance(event, SetLimit):
+        return event.limit
+    if isinstance(event, SetLimits):
+        return (event.limits, event.shadow)
+    if isinstance(event, ResetKey):
+        return "reset"
+    return None  # DeleteLimit
+
+
+def _limits_after(event: ConfigEvent, result: ApplyResult) -> tuple[list[Limit] | None, bool]:
+    """The key's limits after an applied change (a reset leaves them as they were)."""
+    if isinstance(event, SetLimit):
+        return [event.limit], False
+    if isinstance(event, SetLimits):
+        return list(event.limits), event.shadow
+    if isinstance(event, ResetKey) and result.previous is not None:
+        return list(result.previous.limits), result.previous.shadow
+    return None, False
+
+
+def _operation(event: ConfigEvent) -> str:
+    """The ``operation`` label of throttler_config_changes_total."""
+    return {
+        "set_limit": "set",
+        "set_limits": "set",
+        "delete_limit": "delete",
+        "reset_key": "reset",
+        "set_policy": "set_policy",
+        "delete_policy": "delete_policy",
+    }[_tag(event)]
 
 
 def _audit_result(outcome: str) -> AuditResult:
@@ -146,20 +188,16 @@ class Applier:
         valid: list[tuple[str, ConfigEvent, trace.Span]],
         last_try: dict[str, tuple[dict[bytes, bytes], int]],
     ) -> list[_Done]:
-        changes = [
-            (e.key, e.limit if isinstance(e, SetLimit) else None, entry_id)
-            for entry_id, e, _ in valid
-        ]
         spans = [
             self._tracer.start_span(
-                "apply limit change",
+                "apply policy change" if isinstance(e, PolicyEvent) else "apply limit change",
                 context=trace.set_span_in_context(span),
-                attributes={"throttler.operation": "set" if changes[i][1] else "delete"},
+                attributes={"throttler.operation": _operation(e)},
             )
-            for i, (_, _, span) in enumerate(valid)
+            for _, e, span in valid
         ]
         try:
-            results = await self._store.apply_many(changes)
+            results = await self._results(valid)
         except Exception as exc:
             for span in (*spans, *(s for _, _, s in valid)):
                 span.record_exception(exc)
@@ -190,13 +228,36 @@ class Applier:
             span.end()
         return done
 
+    async def _results(
+        self, valid: list[tuple[str, ConfigEvent, trace.Span]]
+    ) -> list[ApplyResult | PolicyResult | Exception]:
+        """Key changes in one round trip, in order; policy changes (rare) one by one."""
+        changes = [
+            (e.key, _change(e), entry_id) for entry_id, e, _ in valid if isinstance(e, KeyEvent)
+        ]
+        applied = iter(await self._store.apply_many(changes) if changes else [])
+        results: list[ApplyResult | PolicyResult | Exception] = []
+        for entry_id, event, _ in valid:
+            if isinstance(event, KeyEvent):
+                results.append(next(applied))
+                continue
+            policy = event.policy if isinstance(event, SetPolicy) else None
+            try:
+                results.append(await self._store.apply_policy(event.name, policy, entry_id))
+            except RedisUnavailableError:
+                raise
+            except Exception as exc:  # returned per change, as apply_many does
+                results.append(exc)
+        return results
+
     def _applied(
-        self, entry_id: str, event: ConfigEvent, result: ApplyResult, span: trace.Span
+        self,
+        entry_id: str,
+        event: ConfigEvent,
+        result: ApplyResult | PolicyResult,
+        span: trace.Span,
     ) -> _Done:
-        after = event.limit if isinstance(event, SetLimit) else None
         outcome = _audit_result(result.outcome)
-        if outcome == "stale":
-            after = None
         ctx = span.get_span_context()
         traceparent = (
             f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
@@ -204,32 +265,77 @@ class Applier:
             else event.traceparent
         )
         at = now_ms()
-        audit = AuditEvent(
-            config_id=entry_id,
-            type=_tag(event),
-            key=event.key,
-            result=outcome,
-            before=result.before,
-            after=after,
-            actor=event.actor,
-            request_id=event.request_id,
-            submitted_at_ms=event.submitted_at_ms,
-            applied_at_ms=at,
-            worker=self.consumer,
-            traceparent=traceparent,
-        )
-        note = LimitChanged(
-            event_id=entry_id,
-            key=event.key,
-            result=outcome,
-            limit=after,
-            before=result.before,
-            request_id=event.request_id,
-            applied_at_ms=at,
-        )
-        operation = "set" if isinstance(event, SetLimit) else "delete"
+        common: dict[str, Any] = {
+            "config_id": entry_id,
+            "type": _tag(event),
+            "result": outcome,
+            "actor": event.actor,
+            "request_id": event.request_id,
+            "submitted_at_ms": event.submitted_at_ms,
+            "applied_at_ms": at,
+            "worker": self.consumer,
+            "traceparent": traceparent,
+        }
+        note: LimitChanged | PolicyChanged
+        if isinstance(event, PolicyEvent):
+            assert isinstance(result, PolicyResult)
+            after_policy = event.policy if isinstance(event, SetPolicy) else None
+            if outcome in ("stale", "conflict"):
+                after_policy = None
+            audit = AuditEvent(
+                **common,
+                key="",
+                before=None,
+                after=None,
+                policy=event.name,
+                before_policy=result.before,
+                after_policy=after_policy,
+            )
+            note = PolicyChanged(
+                event_id=entry_id,
+                name=event.name,
+                result=outcome,
+                policy=after_policy,
+                before=result.before,
+                request_id=event.request_id,
+                applied_at_ms=at,
+            )
+        else:
+            assert isinstance(result, ApplyResult)
+            limits, shadow = _limits_after(event, result)
+            if outcome == "stale":
+                limits, shadow = None, False
+            single = limits[0] if limits is not None and len(limits) == 1 and not shadow else None
+            before = result.previous
+            audit = AuditEvent(
+                **common,
+                key=event.key,
+                before=result.before,
+                after=single,
+                before_limits=list(before.limits) if before and before.single is None else None,
+                after_limits=limits if limits is not None and single is None else None,
+                shadow=shadow,
+            )
+            note = LimitChanged(
+                event_id=entry_id,
+                key=event.key,
+                result=outcome,
+                limit=single,
+                before=result.before,
+                request_id=event.request_id,
+                applied_at_ms=at,
+                limits=limits if single is None else None,
+                shadow=shadow,
+                before_limits=audit.before_limits,
+                before_shadow=before.shadow if before else False,
+            )
         return _Done(
-            entry_id, self._keys.audit_stream, encode(audit), encode(note), operation, outcome
+            entry_id,
+            self._keys.audit_stream,
+            encode(audit),
+            encode(note),
+            _operation(event),
+            outcome,
         )
 
     def _dead(self, entry_id: str, fields: dict[bytes, bytes], reason: str, count: int) -> _Done:

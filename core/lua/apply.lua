@@ -2,15 +2,16 @@
 --
 -- KEYS[1]  the key's hash   <prefix>:{<key>}    (layout in prelude.lua)
 -- KEYS[2]  the key's log    <prefix>:{<key>}:l
--- ARGV[1]  op: "set" or "del"
+-- ARGV[1]  op: "set", "del" or "reset" (clear what was spent; limits and version stay)
 -- ARGV[2]  version: the stream entry id "<ms>-<seq>" of the change, or "" (unversioned)
--- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-4, burst 0 = none)
+-- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-4, burst 0 = none),
+--          after "S;" when they are in shadow mode
 -- ARGV[4]  tombstone TTL in ms: a deleted key keeps its version this long, so an older
 --          change delivered late cannot bring the limit back
 -- ARGV[5]  now in microseconds, or "" for the server clock (tests only)
 --
 -- Returns {result, prev_limits, prev_version}
---   result: "created" | "replaced" | "deleted" | "not_found"  (applied)
+--   result: "created" | "replaced" | "deleted" | "not_found" | "reset"  (applied)
 --           "duplicate" (this very version is already applied) | "stale" (older version)
 --   prev_limits: the limits before, encoded as ARGV[3] ("" when there were none)
 
@@ -85,6 +86,22 @@ local old = redis.call('HMGET', hash, 'c', 'v')
 local existed = old[1] ~= false
 local prev = existed and old[1] or ''
 local prev_ver = old[2] or ''
+
+if op == 'reset' then
+  -- Usage only, whatever the version: every state field and the log go. A hash that held
+  -- nothing else (a key on a policy or the default) goes with them.
+  local drop = {}
+  for _, name in ipairs(redis.call('HKEYS', hash)) do
+    if string.match(name, '^%d+%a$') then
+      drop[#drop + 1] = name
+    end
+  end
+  if #drop > 0 then
+    redis.call('HDEL', hash, unpack(drop))
+  end
+  redis.call('DEL', log)
+  return {'reset', prev, prev_ver}
+end
 
 if ver ~= '' and prev_ver ~= '' then
   local order = compare(ver, prev_ver)

@@ -2,15 +2,14 @@
 -- decided and spent on its own, in order (a key listed twice is checked twice).
 -- KEYS     hash_1, log_1, hash_2, log_2, ...   (one hash slot: callers on a Redis Cluster
 --                                               send one call per key instead)
--- ARGV[1]  now in microseconds, or "" (TIME)
--- ARGV[2]  n_1, ARGV[3] n_2, ...: tokens per check; then, at ARGV[2 + checks],
---          k and the limits for keys without their own, as for check
+-- ARGV     now ("" for TIME), then the limit sets and every key's tokens and set as read
+--          by limit_sets() and key_items() (decide.lua)
 -- Returns {reply_1, reply_2, ...} with replies as from check.
 local now = now_us(ARGV[1])
-local count = #KEYS / 2
-local given = given_limits(2 + count)
+local sets, first = limit_sets(2)
 local out = {}
-for i = 1, count do
-  out[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[1 + i]), 'd', now, given, 0, true)
+for i = 1, #KEYS / 2 do
+  local n, given = key_item(sets, first, i)
+  out[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], n, 'd', now, given, 0, true)
 end
 return out

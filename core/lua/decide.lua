@@ -3,6 +3,7 @@ local LETTER = {'t', 's', 'f', 'g'}
 local SIMPLE = {token_bucket, nil, fixed_window, gcra}
 
 -- "alg,requests,window_ms,burst;..." -> {alg, requests, window_ms, burst, alg, ...}
+-- (a leading "S;" marks shadow mode: decided as usual, reported by the caller)
 local function parse_limits(c)
   local out = {}
   for a, r, w, b in string.gmatch(c, '(%d+),(%d+),(%d+),(%d+)') do
@@ -29,6 +30,28 @@ local function given_limits(first)
     out[j] = tonumber(ARGV[first + j])
   end
   return out
+end
+
+-- Several keys' limits (check_many, check_all): ARGV[first] = g, then g limit sets each
+-- as k and 4 values per limit; then, for every key, its tokens and the (1-based) set it is
+-- checked under. Returns the sets and the ARGV index of the first key's tokens.
+local function limit_sets(first)
+  local sets, at = {}, first + 1
+  for s = 1, tonumber(ARGV[first]) do
+    local k, lim = tonumber(ARGV[at]), {}
+    for j = 1, 4 * k do
+      lim[j] = tonumber(ARGV[at + j])
+    end
+    sets[s] = lim
+    at = at + 1 + 4 * k
+  end
+  return sets, at
+end
+
+-- Key i's tokens and limits (see limit_sets).
+local function key_item(sets, first, i)
+  local at = first + 2 * (i - 1)
+  return tonumber(ARGV[at]), sets[tonumber(ARGV[at + 1])]
 end
 
 -- The most one check can spend under a limit: burst for buckets and GCRA, else requests.
@@ -89,8 +112,6 @@ local function decide(hash, log, n, mode, now, given, inline_ttl, spend)
   if f.c then
     own = f.c
     lim = parse_limits(own)
-  elseif mode == 'p' then
-    return {-2, 0, 0, 0, 0, idiv(now, 1000), ''}
   end
   local count = #lim / 4
   for i = 0, count - 1 do
@@ -102,7 +123,7 @@ local function decide(hash, log, n, mode, now, given, inline_ttl, spend)
   local L, at = nil, now
   local all, pick, pick_rem, pick_wait = true, 0, math.huge, -1
   local pick_reset, pick_retry = 0, 0
-  local st = {}
+  local st, detail = {}, {}
   for i = 0, count - 1 do
     local b = 4 * i
     local alg, req, win_us, burst = lim[b + 1], lim[b + 2], lim[b + 3] * 1000, lim[b + 4]
@@ -126,6 +147,8 @@ local function decide(hash, log, n, mode, now, given, inline_ttl, spend)
     if remaining < 0 then
       remaining = 0                             -- a lowered limit: nothing left, not less
     end
+    detail[#detail + 1] = remaining
+    detail[#detail + 1] = ceil_ms(reset)
     -- The deciding limit: the denial with the longest wait, else the least remaining.
     if not allowed then
       if all or retry > pick_wait then
@@ -139,6 +162,10 @@ local function decide(hash, log, n, mode, now, given, inline_ttl, spend)
   if all and n > 0 and spend then
     commit(hash, log, f, lim, st, L, n, at, mode == 'i' and not f.c, inline_ttl)
   end
-  return {all and 1 or 0, pick, pick_rem, ceil_ms(pick_reset), ceil_ms(pick_retry),
-          idiv(at, 1000), own}
+  local reply = {all and 1 or 0, pick, pick_rem, ceil_ms(pick_reset), ceil_ms(pick_retry),
+                 idiv(at, 1000), own}
+  if mode == 's' then
+    reply[8] = detail                           -- status: every limit's remaining and reset
+  end
+  return reply
 end

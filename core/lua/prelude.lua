@@ -19,7 +19,8 @@
 -- ARGV[2]  mode: "d" the key's own limits, else the limits given below
 --                "i" as "d", and store the given limits as the key's own when it has none
 --                    (inline creation; the hash then expires after ARGV[3] ms unused)
---                "p" the key's own limits only (reply code -2 when it has none)
+--                "s" status: as "d" with n = 0, and the reply adds every limit's
+--                    {remaining, reset_after_ms, ...} as its 8th element
 -- ARGV[3]  inline TTL in ms (mode "i")
 -- ARGV[4]  n: tokens to spend (integer >= 0; 0 peeks and changes nothing)
 -- ARGV[5]  k: how many limits follow (1-8); then 4 values per limit:
@@ -27,7 +28,7 @@
 --          requests, window_ms, burst (0 = requests; windows ignore it)
 --
 -- Returns {code, index, remaining, reset_after_ms, retry_after_ms, now_ms, own}
---   code   1 allowed, 0 denied, -1 n exceeds what limit `index` can ever allow, -2 no limit
+--   code   1 allowed, 0 denied, -1 n exceeds what limit `index` can ever allow
 --   index  the deciding limit (0-based): the one that denies (the longest wait), else the
 --          one with the least remaining
 --   own    the key's own limits ("c") when they decided, "" when the given limits did
