@@ -24,11 +24,12 @@ __all__ = [
 ]
 
 #: A rate-limit key: any text without whitespace, control characters, ``/`` (paths), ``{``
-#: and ``}`` (so a key cannot break out of its Redis Cluster hash tag) or ``*`` (patterns),
+#: and ``}`` (so a key cannot break out of its Redis Cluster hash tag), ``*`` (patterns) or
+#: U+FFFD (what a server makes of bytes that are not UTF-8, which must not merge into one key),
 #: at most :data:`MAX_KEY_BYTES` bytes of UTF-8 (``core.keys.validate_key`` counts bytes).
 #: ``$(?!\n)``: Python's ``$`` also matches before a final newline; this form ends the key
 #: at the true end in Python (msgspec) and in JSON Schema (ECMA) alike.
-_KEY_CHAR = r"[^\s\x00-\x1f\x7f-\x9f/{}*]"
+_KEY_CHAR = r"[^\s\x00-\x1f\x7f-\x9f/{}*\ufffd]"
 KEY_PATTERN: Final = rf"^{_KEY_CHAR}{{1,256}}$(?!\n)"
 MAX_KEY_BYTES: Final = 256
 #: A policy's ``match`` entry: an exact key, a prefix ending in ``*``, or ``*`` alone.

@@ -272,7 +272,7 @@ def test_service_logs_are_json_carry_trace_ids_and_no_secrets(
     requests: list[tuple[str, str, bytes | None, int, str]] = [
         ("POST", f"/rate-limit/{KEY}", b'{"requests": 5, "window_ms": 60000}', 201, "{key}"),
         ("POST", f"/rate-limit/{KEY}/check", None, 200, "{key}/check"),
-        ("GET", "/rate-limit/no-such-key", None, 404, "{key}"),
+        ("DELETE", "/rate-limit/no-such-key", None, 404, "{key}"),
         ("POST", f"/rate-limit/{KEY}", b'{"requests": 5,', 400, "{key}"),
         ("GET", f"/no/such/route/{KEY}", None, 404, ""),
     ]

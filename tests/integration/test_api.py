@@ -38,6 +38,7 @@ pytestmark = pytest.mark.anyio
 
 LIMIT_10_PER_MIN = {"requests": 10, "window_ms": 60000}
 ALGORITHMS = ["token_bucket", "gcra", "sliding_window", "fixed_window"]
+BUCKETS = ("token_bucket", "gcra")
 ALLOWED_KEYS = {"allowed", "remaining", "limit", "reset_after_ms"}
 # Issue 2 lists allowed, remaining, limit, retry_after_ms, error, message; the service also
 # reports reset_after_ms (documented in the README walkthrough and docs/api.md).
@@ -59,6 +60,11 @@ STATUS_KEYS = {
     "limit",
     "remaining",
     "reset_after_ms",
+    # issue 10: where the limits come from, and every limit's usage
+    "source",
+    "policy",
+    "shadow",
+    "limits",
 }
 
 
@@ -139,8 +145,13 @@ def assert_rate_headers(
     reset_s = body["reset_after_ms"] / 1000
     assert math.ceil(before + reset_s) - 1 <= int(h["x-ratelimit-reset"])
     assert int(h["x-ratelimit-reset"]) <= math.ceil(after + reset_s) + 1
-    window_s = max(1, _ceil_s(window_ms))
-    assert h["ratelimit-policy"] == f'"{algorithm}";q={requests};w={window_s}'
+    # The policy announces the capacity (what can be spent at once) and how long that takes
+    # to come back (issue 10: remaining never exceeds the q announced).
+    capacity = body["limit"]
+    refill_ms = -(-capacity * window_ms // requests) if algorithm in BUCKETS else window_ms
+    window_s = max(1, _ceil_s(refill_ms))
+    assert h["ratelimit-policy"] == f'"{algorithm}";q={capacity};w={window_s}'
+    assert body["remaining"] <= capacity
     if resp.status_code == 200:
         assert "retry-after" not in h
         until_more = _ceil_s(body["reset_after_ms"])
@@ -265,14 +276,22 @@ async def test_get_shows_live_state_without_consuming(client: Client) -> None:
     assert (await check(client, "free:client-123")).json()["remaining"] == 6
 
 
-async def test_get_and_delete_of_a_key_without_a_limit_are_404(client: Client) -> None:
-    error_of(await client.get("/rate-limit/nobody"), 404, "not_found")
+async def own_limit(client: Client, key: str) -> bool:
+    """True when the key has a limit of its own (GET answers any key: issue 10)."""
+    return bool((await status_of(client, key))["source"] == "key")
+
+
+async def test_delete_of_a_key_without_a_limit_is_404_and_get_shows_the_default(
+    client: Client,
+) -> None:
+    assert not await own_limit(client, "nobody")
     error_of(await client.delete("/rate-limit/nobody"), 404, "not_found")
 
 
 async def test_a_key_on_the_default_limit_has_no_limit_of_its_own(client: Client) -> None:
     assert (await check(client, "defaulted")).status_code == 200
-    error_of(await client.get("/rate-limit/defaulted"), 404, "not_found")
+    state = await status_of(client, "defaulted")
+    assert (state["source"], state["remaining"]) == ("default", 99)
 
 
 async def test_delete_returns_the_limit_and_removes_limit_and_state(client: Client) -> None:
@@ -286,7 +305,7 @@ async def test_delete_returns_the_limit_and_removes_limit_and_state(client: Clie
         "algorithm": "token_bucket",
         "burst": 10,
     }
-    error_of(await client.get("/rate-limit/k"), 404, "not_found")
+    assert not await own_limit(client, "k")
     error_of(await client.delete("/rate-limit/k"), 404, "not_found")
     # the key falls back to the default limit, and a new limit starts from full
     assert (await check(client, "k", tokens=0)).json()["limit"] == 100
@@ -390,7 +409,8 @@ async def test_default_capacity_and_refill_rate_are_honoured(redis_url: str, pre
         first, denied = answers[0].json(), answers[-1].json()
         assert first == {"allowed": True, "remaining": 6, "limit": 7, "reset_after_ms": 1_000_000}
         assert 999_000 < denied["retry_after_ms"] <= 1_000_000
-        assert answers[0].headers["ratelimit-policy"] == '"token_bucket";q=1;w=1000'
+        # 7 at once, refilled in 7,000 s
+        assert answers[0].headers["ratelimit-policy"] == '"token_bucket";q=7;w=7000'
         assert answers[0].headers["x-ratelimit-window"] == "1000000"
         error_of(await check(client, "user-42", tokens=8), 400, "validation_error")
 
@@ -422,7 +442,7 @@ async def test_more_tokens_than_an_inline_or_default_capacity_is_a_validation_er
 ) -> None:
     resp = await check(client, "new", tokens=6, requests=5, window_ms=1000)
     assert "capacity" in error_of(resp, 400, "validation_error")
-    error_of(await client.get("/rate-limit/new"), 404, "not_found")  # a refusal stores nothing
+    assert not await own_limit(client, "new")  # a refusal stores nothing
     assert "capacity" in error_of(await check(client, "dflt", tokens=101), 400, "validation_error")
 
 
@@ -533,7 +553,7 @@ async def test_ready_with_redis_up(client: Client) -> None:
 ROUTES = {
     ("/health", "get"): {"200"},
     ("/ready", "get"): {"200", "503"},
-    ("/rate-limit/{key}", "get"): {"200", "400", "404", "503"},
+    ("/rate-limit/{key}", "get"): {"200", "400", "503"},
     ("/rate-limit/{key}", "post"): {"200", "201", "400", "413", "503"},
     ("/rate-limit/{key}", "delete"): {"200", "400", "404", "503"},
     ("/rate-limit/{key}/check", "post"): {"200", "400", "413", "429", "503"},
@@ -579,7 +599,7 @@ async def test_openapi_describes_every_route_body_and_error(client: Client) -> N
     assert _response_refs(ops["/ready", "get"], "503") == {"ReadyResponse"}
     assert _response_refs(ops["/health", "get"], "200") == {"HealthResponse"}
     post_body = ops["/rate-limit/{key}", "post"]["requestBody"]["content"]["application/json"]
-    assert _ref(post_body["schema"]) == {"Limit"}
+    assert _ref(post_body["schema"]) == {"LimitBody"}  # one limit, or several (issue 10)
     check_body = ops["/rate-limit/{key}/check", "post"]["requestBody"]["content"]
     assert "CheckRequest" in _ref(check_body["application/json"]["schema"])
 
@@ -620,12 +640,10 @@ INVALID_KEYS = [
     "a%7Bb",  # {
     "a%7Db",  # }
     "a%20b",  # space
-    "%C3%A9",  # é
-    "%E2%9D%A4",  # a heart
     "a%00",
-    "a%25b",  # %
-    "a*b",
+    "a*b",  # * (patterns of policies)
     "k" * 257,
+    "%C3%A9" * 129,  # 258 bytes of UTF-8 in 129 characters
 ]
 
 
@@ -701,8 +719,7 @@ async def test_bad_limit_bodies_are_400_validation_error_naming_the_field(client
         resp = await post_raw(client, "/rate-limit/k", body)
         case = repr(body)[:80]
         assert named in error_of(resp, 400, "validation_error"), case
-        resp = await client.get("/rate-limit/k")
-        assert resp.status_code == 404, f"{case} stored a limit"
+        assert not await own_limit(client, "k"), f"{case} stored a limit"
 
 
 async def test_a_number_as_a_string_is_a_wrong_type(client: Client) -> None:
@@ -747,7 +764,7 @@ async def test_bad_check_bodies_are_400_validation_error_and_spend_nothing(
         # an invalid body never creates a limit for a key that has none
         resp = await post_raw(client, "/rate-limit/fresh/check", body)
         assert resp.status_code == 400, case
-        assert (await client.get("/rate-limit/fresh")).status_code == 404, case
+        assert not await own_limit(client, "fresh"), case
 
 
 async def test_tokens_as_a_string_is_a_wrong_type(client: Client) -> None:
@@ -756,9 +773,11 @@ async def test_tokens_as_a_string_is_a_wrong_type(client: Client) -> None:
 
 
 async def test_unknown_routes_are_404_json(client: Client) -> None:
-    for path in ["/", "/nope", "/rate-limit", "/rate-limit/", "/rate-limit/k/x", "/metricz"]:
+    for path in ["/", "/nope", "/rate-limit/k/x", "/metricz"]:
         assert error_of(await client.get(path), 404, "not_found"), path
         assert error_of(await client.post(path), 404, "not_found"), path
+    # GET /rate-limit lists keys (issue 10); other methods are not allowed there.
+    error_of(await client.post("/rate-limit"), 405, "method_not_allowed")
 
 
 WRONG_METHODS = [

@@ -54,12 +54,15 @@ class Route:
 
     @property
     def url(self) -> str:
-        return self.path.replace("{key}", "auth-key").replace("{dead_id}", "0-1")
+        url = self.path.replace("{key}", "auth-key").replace("{dead_id}", "0-1")
+        return url.replace("{name}", "auth-policy")
 
     @property
     def body(self) -> Any:
         if self.path == "/rate-limit/{key}" and self.method == "POST":
             return LIMIT
+        if self.path == "/policies/{name}" and self.method == "PUT":
+            return {"limits": [LIMIT], "match": ["auth-policy:*"]}
         if self.path == "/check":
             return {"checks": [{"key": "auth-key"}]}
         return None

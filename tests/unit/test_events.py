@@ -234,10 +234,18 @@ def test_docs_schema_is_the_generated_one() -> None:
 def test_schema_structure() -> None:
     schema = config_event_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["anyOf"] == [{"$ref": "#/$defs/SetLimit"}, {"$ref": "#/$defs/DeleteLimit"}]
+    tags = {
+        "set_limit": "SetLimit",
+        "set_limits": "SetLimits",
+        "delete_limit": "DeleteLimit",
+        "reset_key": "ResetKey",
+        "set_policy": "SetPolicy",
+        "delete_policy": "DeletePolicy",
+    }
+    assert schema["anyOf"] == [{"$ref": f"#/$defs/{name}"} for name in tags.values()]
     assert schema["discriminator"] == {
         "propertyName": "type",
-        "mapping": {"set_limit": "#/$defs/SetLimit", "delete_limit": "#/$defs/DeleteLimit"},
+        "mapping": {tag: f"#/$defs/{name}" for tag, name in tags.items()},
     }
     defs: Any = schema["$defs"]
     assert defs["SetLimit"]["required"] == ["type", "key", "limit"]
