@@ -53,7 +53,7 @@ def throttle_guard(
     ``key(scope)`` (None exempts the request)."""
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        outcome = await decide(client, connection.scope, key, cost)  # type: ignore[arg-type]
+        outcome = await decide(client, connection.scope, key, cost)
         if isinstance(outcome, Refusal):
             raise _EXCEPTIONS[outcome.status](
                 detail=str(outcome.body["message"]), headers=dict(outcome.headers)

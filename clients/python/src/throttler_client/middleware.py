@@ -22,7 +22,7 @@ and propagate to the framework.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Cost", "KeyFunc", "Refusal", "ThrottlerMiddleware", "client_ip", "decide"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
+# ASGI's scope and messages, typed loosely on purpose: each framework has its own static
+# types for them (Litestar's TypedDicts, Starlette's mappings), and a key function written
+# against either must fit.
+Scope = Any
+Message = Any
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
