@@ -83,7 +83,11 @@ def test_requests_carry_json_content_type_and_the_right_token() -> None:
         }
 
         reset = client._request(calls.reset("k"), 1.0)  # no body, so no Content-Type
-        assert (reset.method, reset.content, reset.headers.get("content-type")) == ("POST", b"", None)
+        assert (reset.method, reset.content, reset.headers.get("content-type")) == (
+            "POST",
+            b"",
+            None,
+        )
         assert reset.url.path == "/base/rate-limit/k/reset"
 
 
