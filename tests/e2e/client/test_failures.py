@@ -32,6 +32,8 @@ pytestmark = pytest.mark.anyio
 TIMEOUT_S = 0.5
 #: How much later than its timeout a call may end: scheduling on a busy 2-core machine.
 SLACK_S = 1.5
+#: Timers may fire this much early (asyncio runs callbacks within its clock resolution).
+EARLY_S = 0.05
 
 
 async def test_fail_open_and_closed_with_the_service_stopped(
@@ -86,11 +88,11 @@ async def test_timeouts_are_honoured(
             with pytest.raises(ThrottlerTimeoutError):
                 await closed_client.check(key)
             took = time.monotonic() - began
-            assert TIMEOUT_S <= took < TIMEOUT_S + SLACK_S, took
+            assert TIMEOUT_S - EARLY_S <= took < TIMEOUT_S + SLACK_S, took
 
             began = time.monotonic()
             assert await open_client.check(key) == Decision.unenforced(key)
-            assert TIMEOUT_S <= time.monotonic() - began < TIMEOUT_S + SLACK_S
+            assert TIMEOUT_S - EARLY_S <= time.monotonic() - began < TIMEOUT_S + SLACK_S
 
             # retried (setting a limit is safe to repeat), yet within the same deadline
             began = time.monotonic()
@@ -140,11 +142,11 @@ async def test_the_denial_cache_never_outlives_the_retry_time(
     key = f"{prefix}:expiring"
     with own_service(service_env(redis_url), tmp_path) as service:
         async with either_client(flavour, service.base_url, timeout=5) as throttler:
-            await throttler.set_limit(key, Limit(1, 300))  # one request per 300 ms
+            await throttler.set_limit(key, Limit(1, 1000))  # one request a second
             assert (await throttler.check(key)).allowed
             denied = await throttler.check(key)
             assert not denied.allowed
-            assert 0 < denied.retry_after_ms <= 300
+            assert 0 < denied.retry_after_ms <= 1000
             seen: list[Decision] = []
 
             async def allowed_again() -> bool:
