@@ -5,19 +5,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from throttler_client import (
-    ConflictError,
-    InvalidKeyError,
-    NotFoundError,
-    ThrottlerError,
-    ThrottlerTimeoutError,
-    ThrottlerUnavailableError,
-    UnauthorizedError,
-    ValidationError,
-    calls,
-)
+from throttler_client import calls
+from throttler_client import errors as e
 from throttler_client.attempts import BACKOFF_S, Attempts, transport_error
-from throttler_client.errors import error_from_answer
+
+ThrottlerError = e.ThrottlerError
+ThrottlerUnavailableError = e.ThrottlerUnavailableError
+ThrottlerTimeoutError = e.ThrottlerTimeoutError
 
 
 class Clock:
@@ -56,7 +50,7 @@ def test_idempotent_calls_are_retried_after_they_may_have_been_sent() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [InvalidKeyError("x", status=400), UnauthorizedError("x", status=401), ThrottlerError("x")],
+    [e.InvalidKeyError("x", status=400), e.UnauthorizedError("x", status=401), ThrottlerError("x")],
 )
 def test_refusals_are_never_retried(error: ThrottlerError) -> None:
     attempts = Attempts(timeout=5, retries=3, idempotent=True, clock=Clock())
@@ -96,11 +90,11 @@ def test_transport_errors() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [
-        (400, {"error": "invalid_key", "message": "m"}, InvalidKeyError),
-        (400, {"error": "validation_error", "message": "m"}, ValidationError),
-        (401, {"error": "unauthorized", "message": "m"}, UnauthorizedError),
-        (404, {"error": "not_found", "message": "m"}, NotFoundError),
-        (409, {"error": "conflict", "message": "m"}, ConflictError),
+        (400, {"error": "invalid_key", "message": "m"}, e.InvalidKeyError),
+        (400, {"error": "validation_error", "message": "m"}, e.ValidationError),
+        (401, {"error": "unauthorized", "message": "m"}, e.UnauthorizedError),
+        (404, {"error": "not_found", "message": "m"}, e.NotFoundError),
+        (409, {"error": "conflict", "message": "m"}, e.ConflictError),
         (503, {"error": "redis_unavailable", "message": "m"}, ThrottlerUnavailableError),
         (415, {"error": "unsupported_media_type", "message": "m"}, ThrottlerError),
         (502, None, ThrottlerUnavailableError),  # a proxy's HTML page: by status
@@ -108,7 +102,7 @@ def test_transport_errors() -> None:
     ],
 )
 def test_errors_by_code(status: int, body: object, kind: type[ThrottlerError]) -> None:
-    error = error_from_answer(status, body)
+    error = e.error_from_answer(status, body)
     assert type(error) is kind
     assert error.status == status
     if isinstance(body, dict):

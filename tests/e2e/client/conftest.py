@@ -47,6 +47,13 @@ def own_service(env: dict[str, str], tmp_path: Path) -> Iterator[ServiceProcess]
         proc.stop()
 
 
+@pytest.fixture
+def own(redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """A service of the test's own (see own_service)."""
+    with own_service(service_env(redis_url), tmp_path) as proc:
+        yield proc
+
+
 class SyncAsAsync:
     """A ``ThrottlerClient`` behind ``AsyncThrottlerClient``'s surface, so that one test body
     runs against both (the sync calls block the test's event loop, which is harmless here)."""

@@ -37,125 +37,119 @@ EARLY_S = 0.05
 
 
 async def test_fail_open_and_closed_with_the_service_stopped(
-    flavour: str, redis_url: str, prefix: str, tmp_path: Path
+    flavour: str, own: ServiceProcess, prefix: str
 ) -> None:
     key = f"{prefix}:stopped"
-    with own_service(service_env(redis_url), tmp_path) as service:
-        async with (
-            either_client(flavour, service.base_url, failure_policy="open") as open_client,
-            either_client(flavour, service.base_url) as closed_client,
-        ):
-            assert (await open_client.check(key)).enforced
-            assert (await closed_client.check(key)).enforced
-            assert service.stop() == 0
+    async with (
+        either_client(flavour, own.base_url, failure_policy="open") as open_client,
+        either_client(flavour, own.base_url) as closed_client,
+    ):
+        assert (await open_client.check(key)).enforced
+        assert (await closed_client.check(key)).enforced
+        assert own.stop() == 0
 
-            decision = await open_client.check(key)
-            assert decision == Decision.unenforced(key)
-            assert (decision.allowed, decision.enforced) == (True, False)
-            assert decision.headers == {"x-ratelimit-enforced": "false"}
-            assert (await open_client.peek(key)).enforced is False
-            many = await open_client.check_many([key, (f"{prefix}:other", 2)])
-            assert (many.allowed, many.enforced) == (True, False)
-            assert [(r.key, r.allowed, r.enforced) for r in many.results] == [
-                (key, True, False),
-                (f"{prefix}:other", True, False),
-            ]
+        decision = await open_client.check(key)
+        assert decision == Decision.unenforced(key)
+        assert (decision.allowed, decision.enforced) == (True, False)
+        assert decision.headers == {"x-ratelimit-enforced": "false"}
+        assert (await open_client.peek(key)).enforced is False
+        many = await open_client.check_many([key, (f"{prefix}:other", 2)])
+        assert (many.allowed, many.enforced) == (True, False)
+        assert [(r.key, r.allowed, r.enforced) for r in many.results] == [
+            (key, True, False),
+            (f"{prefix}:other", True, False),
+        ]
 
-            with pytest.raises(ThrottlerUnavailableError) as refused:
-                await closed_client.check(key)
-            assert (refused.value.code, refused.value.status) == ("unreachable", None)
-            # the failure policy is about checks: a limit change is never pretended
-            with pytest.raises(ThrottlerUnavailableError):
-                await open_client.set_limit(key, Limit(1, DAY_MS))
+        with pytest.raises(ThrottlerUnavailableError) as refused:
+            await closed_client.check(key)
+        assert (refused.value.code, refused.value.status) == ("unreachable", None)
+        # the failure policy is about checks: a limit change is never pretended
+        with pytest.raises(ThrottlerUnavailableError):
+            await open_client.set_limit(key, Limit(1, DAY_MS))
 
 
-async def test_timeouts_are_honoured(
-    flavour: str, redis_url: str, prefix: str, tmp_path: Path
-) -> None:
+async def test_timeouts_are_honoured(flavour: str, own: ServiceProcess, prefix: str) -> None:
     """A paused service accepts connections (the kernel does) and never answers."""
     key = f"{prefix}:paused"
-    with own_service(service_env(redis_url), tmp_path) as service:
-        async with (
-            either_client(flavour, service.base_url, timeout=TIMEOUT_S) as closed_client,
-            either_client(
-                flavour, service.base_url, timeout=TIMEOUT_S, failure_policy="open"
-            ) as open_client,
-        ):
-            assert (await closed_client.check(key)).allowed  # connections are open now
-            service.signal(signal.SIGSTOP)
+    async with (
+        either_client(flavour, own.base_url, timeout=TIMEOUT_S) as closed_client,
+        either_client(
+            flavour, own.base_url, timeout=TIMEOUT_S, failure_policy="open"
+        ) as open_client,
+    ):
+        assert (await closed_client.check(key)).allowed  # connections are open now
+        own.signal(signal.SIGSTOP)
 
-            began = time.monotonic()
-            with pytest.raises(ThrottlerTimeoutError):
-                await closed_client.check(key)
-            took = time.monotonic() - began
-            assert TIMEOUT_S - EARLY_S <= took < TIMEOUT_S + SLACK_S, took
+        began = time.monotonic()
+        with pytest.raises(ThrottlerTimeoutError):
+            await closed_client.check(key)
+        took = time.monotonic() - began
+        assert TIMEOUT_S - EARLY_S <= took < TIMEOUT_S + SLACK_S, took
 
-            began = time.monotonic()
-            assert await open_client.check(key) == Decision.unenforced(key)
-            assert TIMEOUT_S - EARLY_S <= time.monotonic() - began < TIMEOUT_S + SLACK_S
+        began = time.monotonic()
+        assert await open_client.check(key) == Decision.unenforced(key)
+        assert TIMEOUT_S - EARLY_S <= time.monotonic() - began < TIMEOUT_S + SLACK_S
 
-            # retried (setting a limit is safe to repeat), yet within the same deadline
-            began = time.monotonic()
-            with pytest.raises(ThrottlerTimeoutError):
-                await closed_client.set_limit(key, Limit(5, DAY_MS))
-            assert time.monotonic() - began < TIMEOUT_S + SLACK_S
+        # retried (setting a limit is safe to repeat), yet within the same deadline
+        began = time.monotonic()
+        with pytest.raises(ThrottlerTimeoutError):
+            await closed_client.set_limit(key, Limit(5, DAY_MS))
+        assert time.monotonic() - began < TIMEOUT_S + SLACK_S
 
 
 async def test_the_denial_cache_answers_without_asking(
-    flavour: str, redis_url: str, prefix: str, tmp_path: Path
+    flavour: str, own: ServiceProcess, prefix: str
 ) -> None:
     """Once denied, checks of as many tokens are answered locally until the retry time: the
     service is paused meanwhile, so any request would time out."""
     key = f"{prefix}:cached"
-    with own_service(service_env(redis_url), tmp_path) as service:
-        async with either_client(flavour, service.base_url, timeout=TIMEOUT_S) as throttler:
-            await throttler.set_limit(key, Limit(3, DAY_MS))
-            assert (await throttler.check(key)).remaining == 2
-            denied = await throttler.check(key, 3)
-            assert (denied.allowed, denied.cached) == (False, False)
-            assert throttler.denial_cache.saved == 0
+    async with either_client(flavour, own.base_url, timeout=TIMEOUT_S) as throttler:
+        await throttler.set_limit(key, Limit(3, DAY_MS))
+        assert (await throttler.check(key)).remaining == 2
+        denied = await throttler.check(key, 3)
+        assert (denied.allowed, denied.cached) == (False, False)
+        assert throttler.denial_cache.saved == 0
 
-            service.signal(signal.SIGSTOP)
-            for _ in range(20):
-                local = await throttler.check(key, 3)
-                assert (local.allowed, local.cached, local.enforced) == (False, True, True)
-                assert 0 < local.retry_after_ms <= denied.retry_after_ms
-                assert (local.limit, local.remaining) == (denied.limit, denied.remaining)
-                assert int(local.headers["retry-after"]) == -(-local.retry_after_ms // 1000)
-                assert re.search(r";t=\d+$", local.headers["ratelimit"])
-            assert throttler.denial_cache.saved == 20
-            # fewer tokens than the denied check might pass: those are asked (and time out)
-            with pytest.raises(ThrottlerTimeoutError):
-                await throttler.check(key, 2)
-            service.signal(signal.SIGCONT)
+        own.signal(signal.SIGSTOP)
+        for _ in range(20):
+            local = await throttler.check(key, 3)
+            assert (local.allowed, local.cached, local.enforced) == (False, True, True)
+            assert 0 < local.retry_after_ms <= denied.retry_after_ms
+            assert (local.limit, local.remaining) == (denied.limit, denied.remaining)
+            assert int(local.headers["retry-after"]) == -(-local.retry_after_ms // 1000)
+            assert re.search(r";t=\d+$", local.headers["ratelimit"])
+        assert throttler.denial_cache.saved == 20
+        # fewer tokens than the denied check might pass: those are asked (and time out)
+        with pytest.raises(ThrottlerTimeoutError):
+            await throttler.check(key, 2)
+        own.signal(signal.SIGCONT)
 
-            # this client's own limit change forgets the denial
-            await throttler.set_limit(key, Limit(10, DAY_MS))
-            after = await throttler.check(key, 3)
-            assert (after.allowed, after.cached) == (True, False)
-            assert throttler.denial_cache.saved == 20
+        # this client's own limit change forgets the denial
+        await throttler.set_limit(key, Limit(10, DAY_MS))
+        after = await throttler.check(key, 3)
+        assert (after.allowed, after.cached) == (True, False)
+        assert throttler.denial_cache.saved == 20
 
 
 async def test_the_denial_cache_never_outlives_the_retry_time(
-    flavour: str, redis_url: str, prefix: str, tmp_path: Path
+    flavour: str, own: ServiceProcess, prefix: str
 ) -> None:
     key = f"{prefix}:expiring"
-    with own_service(service_env(redis_url), tmp_path) as service:
-        async with either_client(flavour, service.base_url, timeout=5) as throttler:
-            await throttler.set_limit(key, Limit(1, 1000))  # one request a second
-            assert (await throttler.check(key)).allowed
-            denied = await throttler.check(key)
-            assert not denied.allowed
-            assert 0 < denied.retry_after_ms <= 1000
-            seen: list[Decision] = []
+    async with either_client(flavour, own.base_url, timeout=5) as throttler:
+        await throttler.set_limit(key, Limit(1, 1000))  # one request a second
+        assert (await throttler.check(key)).allowed
+        denied = await throttler.check(key)
+        assert not denied.allowed
+        assert 0 < denied.retry_after_ms <= 1000
+        seen: list[Decision] = []
 
-            async def allowed_again() -> bool:
-                seen.append(await throttler.check(key))
-                return seen[-1].allowed
+        async def allowed_again() -> bool:
+            seen.append(await throttler.check(key))
+            return seen[-1].allowed
 
-            await until(allowed_again, seconds=5, interval=0.02)
-            assert any(d.cached for d in seen), "no check was answered from the cache"
-            assert not seen[-1].cached
+        await until(allowed_again, seconds=5, interval=0.02)
+        assert any(d.cached for d in seen), "no check was answered from the cache"
+        assert not seen[-1].cached
 
 
 def degraded_checks(service: ServiceProcess) -> float:

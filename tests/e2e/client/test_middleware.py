@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from tests.support.service import ServiceProcess
     from throttler_client.middleware import Cost, Scope
 
+#: A Litestar app protected by the middleware, in its test client, and its Throttler client.
+Protected = tuple["TestClient[Litestar]", AsyncThrottlerClient]
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "ratelimit-policy", "ratelimit")
 
 
@@ -43,6 +45,14 @@ def admin(service: ServiceProcess) -> Iterator[ThrottlerClient]:
     """A plain client to set the limits the apps are held to."""
     with ThrottlerClient(service.base_url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def litestar(service: ServiceProcess, prefix: str) -> Iterator[Protected]:
+    """The Litestar app of litestar_app() in its test client, and its Throttler client."""
+    throttler = AsyncThrottlerClient(service.base_url, timeout=10)
+    with TestClient(litestar_app(throttler, prefix)) as app:
+        yield app, throttler
 
 
 def keyed(prefix: str) -> Any:
@@ -96,64 +106,61 @@ def assert_denied(status: int, headers: Any, body: Any, limit: int) -> None:
     assert headers["x-ratelimit-remaining"] == "0"
 
 
-def test_a_litestar_app(service: ServiceProcess, admin: ThrottlerClient, prefix: str) -> None:
+def test_a_litestar_app(litestar: Protected, admin: ThrottlerClient, prefix: str) -> None:
+    app, throttler = litestar
     admin.set_limit(f"{prefix}:alice", Limit(2, DAY_MS))
-    throttler = AsyncThrottlerClient(service.base_url, timeout=10)
-    with TestClient(litestar_app(throttler, prefix)) as app:
-        alice = {"x-user": "alice"}
-        first = app.get("/hello", headers=alice)
-        assert (first.status_code, first.json()) == (200, {"hello": "world"})
-        assert all(name in first.headers for name in RATE_HEADERS)
-        assert first.headers["x-ratelimit-remaining"] == "1"
-        assert app.get("/hello", headers=alice).headers["x-ratelimit-remaining"] == "0"
+    alice = {"x-user": "alice"}
+    first = app.get("/hello", headers=alice)
+    assert (first.status_code, first.json()) == (200, {"hello": "world"})
+    assert all(name in first.headers for name in RATE_HEADERS)
+    assert first.headers["x-ratelimit-remaining"] == "1"
+    assert app.get("/hello", headers=alice).headers["x-ratelimit-remaining"] == "0"
 
-        denied = app.get("/hello", headers=alice)
-        assert_denied(denied.status_code, denied.headers, denied.json(), limit=2)
-        # the denial cache answered the second denial: same answer, no request
-        again = app.get("/hello", headers=alice)
-        assert_denied(again.status_code, again.headers, again.json(), limit=2)
-        assert throttler.denial_cache.saved == 1
+    denied = app.get("/hello", headers=alice)
+    assert_denied(denied.status_code, denied.headers, denied.json(), limit=2)
+    # the denial cache answered the second denial: same answer, no request
+    again = app.get("/hello", headers=alice)
+    assert_denied(again.status_code, again.headers, again.json(), limit=2)
+    assert throttler.denial_cache.saved == 1
 
-        # exempt: no key, no check, no headers; other callers are charged separately
-        health = app.get("/health", headers=alice)
-        assert (health.status_code, health.json()) == (200, {"status": "ok"})
-        assert not any(name in health.headers for name in RATE_HEADERS)
-        assert app.get("/hello").status_code == 200
-        assert app.get("/hello", headers={"x-user": "bob"}).status_code == 200
+    # exempt: no key, no check, no headers; other callers are charged separately
+    health = app.get("/health", headers=alice)
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert not any(name in health.headers for name in RATE_HEADERS)
+    assert app.get("/hello").status_code == 200
+    assert app.get("/hello", headers={"x-user": "bob"}).status_code == 200
 
-        # an invalid key is the caller's input: 400, not a 500
-        bad = app.get("/hello", headers={"x-user": "not ok"})
-        assert (bad.status_code, bad.json()["error"]) == (400, "invalid_key")
+    # an invalid key is the caller's input: 400, not a 500
+    bad = app.get("/hello", headers={"x-user": "not ok"})
+    assert (bad.status_code, bad.json()["error"]) == (400, "invalid_key")
 
 
 def test_the_litestar_guard_charges_its_own_key_and_cost(
-    service: ServiceProcess, admin: ThrottlerClient, prefix: str
+    litestar: Protected, admin: ThrottlerClient, prefix: str
 ) -> None:
+    app, _ = litestar
     admin.set_limit(f"{prefix}:export", Limit(3, DAY_MS))
-    throttler = AsyncThrottlerClient(service.base_url, timeout=10)
-    with TestClient(litestar_app(throttler, prefix)) as app:
-        assert app.get("/export").json() == {"export": "done"}  # 2 of 3 tokens
-        denied = app.get("/export")
-        assert denied.status_code == 429
-        assert int(denied.headers["retry-after"]) >= 1
-        assert denied.headers["x-ratelimit-limit"] == "3"
+    assert app.get("/export").json() == {"export": "done"}  # 2 of 3 tokens
+    denied = app.get("/export")
+    assert denied.status_code == 429
+    assert int(denied.headers["retry-after"]) >= 1
+    assert denied.headers["x-ratelimit-limit"] == "3"
     assert admin.peek(f"{prefix}:export").remaining == 1
 
 
 def test_a_litestar_websocket_is_limited_at_the_handshake(
-    service: ServiceProcess, admin: ThrottlerClient, prefix: str
+    litestar: Protected, admin: ThrottlerClient, prefix: str
 ) -> None:
+    app, _ = litestar
     admin.set_limit(f"{prefix}:carol", Limit(1, DAY_MS))
-    throttler = AsyncThrottlerClient(service.base_url, timeout=10)
-    with TestClient(litestar_app(throttler, prefix)) as app:
-        with app.websocket_connect("/ws", headers={"x-user": "carol"}) as socket:
-            assert socket.receive_json() == {"hello": "socket"}
-            assert dict(socket.extra_headers or [])[b"x-ratelimit-remaining"] == b"0"
-        # Litestar's test client has no denial responses: the handshake is closed (1008)
-        with pytest.raises(WebSocketDisconnect) as refused:
-            app.websocket_connect("/ws", headers={"x-user": "carol"}).__enter__()
-        assert refused.value.code == 1008
-        assert "rate limit exceeded" in str(refused.value.detail)
+    with app.websocket_connect("/ws", headers={"x-user": "carol"}) as socket:
+        assert socket.receive_json() == {"hello": "socket"}
+        assert dict(socket.extra_headers or [])[b"x-ratelimit-remaining"] == b"0"
+    # Litestar's test client has no denial responses: the handshake is closed (1008)
+    with pytest.raises(WebSocketDisconnect) as refused:
+        app.websocket_connect("/ws", headers={"x-user": "carol"}).__enter__()
+    assert refused.value.code == 1008
+    assert "rate limit exceeded" in str(refused.value.detail)
 
 
 def starlette_app(throttler: AsyncThrottlerClient, prefix: str) -> Starlette:

@@ -8,12 +8,10 @@ import anyio
 import httpx
 
 from throttler_client import calls
-from throttler_client.attempts import Attempts, transport_error
-from throttler_client.base import ClientBase
+from throttler_client.base import ClientBase, Pause
 from throttler_client.errors import (
     ThrottlerError,
     ThrottlerTimeoutError,
-    ThrottlerUnavailableError,
 )
 
 if TYPE_CHECKING:
@@ -21,6 +19,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
+    from throttler_client.attempts import Attempts
     from throttler_client.calls import Call, CheckItem
     from throttler_client.models import CheckManyResult, Decision, Limit, LimitChange
 
@@ -55,7 +54,7 @@ class AsyncThrottlerClient(ClientBase):
         await self.aclose()
 
     async def _run(self, call: Call[T]) -> T:
-        attempts = Attempts(self.timeout, self.retries, call.idempotent)
+        attempts = self._attempts(call)
         try:
             with anyio.fail_after(self.timeout):
                 return await self._attempt(call, attempts)
@@ -68,16 +67,18 @@ class AsyncThrottlerClient(ClientBase):
 
     async def _attempt(self, call: Call[T], attempts: Attempts) -> T:
         while True:
-            try:
-                response = await self._http.send(self._request(call, attempts.time_left()))
-            except httpx.TransportError as exc:
-                error, sent = transport_error(exc)
-            else:
-                try:
-                    return calls.read_answer(call, self._answer(response))
-                except ThrottlerUnavailableError as exc:
-                    error, sent = exc, True
-            await anyio.sleep(attempts.after(error, sent=sent))
+            step = self._settle(call, attempts, await self._send(call, attempts))
+            if not isinstance(step, Pause):
+                return step
+            await anyio.sleep(step.seconds)
+
+    async def _send(
+        self, call: Call[T], attempts: Attempts
+    ) -> httpx.Response | httpx.TransportError:
+        try:
+            return await self._http.send(self._request(call, attempts.time_left()))
+        except httpx.TransportError as exc:
+            return exc
 
     async def check(self, key: str, tokens: int = 1) -> Decision:
         """Spend ``tokens`` of ``key``'s limit; a denial is a Decision, not an error."""

@@ -4,12 +4,14 @@ the denial cache. The subclasses add only the I/O."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
 from throttler_client import calls
+from throttler_client.attempts import Attempts, transport_error
 from throttler_client.cache import DenialCache
 from throttler_client.errors import ThrottlerUnavailableError
 from throttler_client.models import CheckManyResult, Decision
@@ -17,12 +19,21 @@ from throttler_client.models import CheckManyResult, Decision
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from throttler_client.calls import Answer, Call, CheckItem
+    from throttler_client.calls import Call, CheckItem
     from throttler_client.errors import ThrottlerError
 
-__all__ = ["VERSION", "ClientBase", "FailurePolicy"]
+__all__ = ["VERSION", "ClientBase", "FailurePolicy", "Pause"]
 
 FailurePolicy = Literal["open", "closed"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait this long, then send the call again."""
+
+    seconds: float
+
 
 try:
     VERSION = version("throttler-client")
@@ -106,13 +117,29 @@ class ClientBase:
             extensions={"timeout": httpx.Timeout(timeout).as_dict()},
         )
 
+    def _attempts(self, call: Call[Any]) -> Attempts:
+        return Attempts(self.timeout, self.retries, call.idempotent)
+
     @staticmethod
-    def _answer(response: httpx.Response) -> Answer:
-        try:
-            body: object = response.json()
-        except ValueError:
-            body = None
-        return calls.Answer(response.status_code, response.headers, body)
+    def _settle(
+        call: Call[T], attempts: Attempts, outcome: httpx.Response | httpx.TransportError
+    ) -> T | Pause:
+        """What one attempt's outcome means: the result, a pause before the next attempt, or
+        (raised) the error to give up with."""
+        if isinstance(outcome, httpx.TransportError):
+            error, sent = transport_error(outcome)
+        else:
+            try:
+                body: object = outcome.json()
+            except ValueError:
+                body = None
+            try:
+                return calls.read_answer(
+                    call, calls.Answer(outcome.status_code, outcome.headers, body)
+                )
+            except ThrottlerUnavailableError as exc:
+                error, sent = exc, True
+        return Pause(attempts.after(error, sent=sent))
 
     # -- around checks: the denial cache and the failure policy --------------------------
 

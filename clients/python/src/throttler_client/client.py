@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 
 from throttler_client import calls
-from throttler_client.attempts import Attempts, transport_error
-from throttler_client.base import ClientBase
-from throttler_client.errors import ThrottlerError, ThrottlerUnavailableError
+from throttler_client.base import ClientBase, Pause
+from throttler_client.errors import ThrottlerError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
     from typing import Self
 
+    from throttler_client.attempts import Attempts
     from throttler_client.calls import Call, CheckItem
     from throttler_client.models import CheckManyResult, Decision, Limit, LimitChange
 
@@ -50,18 +50,18 @@ class ThrottlerClient(ClientBase):
         self.close()
 
     def _run(self, call: Call[T]) -> T:
-        attempts = Attempts(self.timeout, self.retries, call.idempotent)
+        attempts = self._attempts(call)
         while True:
-            try:
-                response = self._http.send(self._request(call, attempts.time_left()))
-            except httpx.TransportError as exc:
-                error, sent = transport_error(exc)
-            else:
-                try:
-                    return calls.read_answer(call, self._answer(response))
-                except ThrottlerUnavailableError as exc:
-                    error, sent = exc, True
-            time.sleep(attempts.after(error, sent=sent))
+            step = self._settle(call, attempts, self._send(call, attempts))
+            if not isinstance(step, Pause):
+                return step
+            time.sleep(step.seconds)
+
+    def _send(self, call: Call[T], attempts: Attempts) -> httpx.Response | httpx.TransportError:
+        try:
+            return self._http.send(self._request(call, attempts.time_left()))
+        except httpx.TransportError as exc:
+            return exc
 
     def check(self, key: str, tokens: int = 1) -> Decision:
         """Spend ``tokens`` of ``key``'s limit; a denial is a Decision, not an error."""
