@@ -22,6 +22,7 @@ from throttler_client import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from tests.support.servers import RedisProcess
@@ -34,6 +35,21 @@ TIMEOUT_S = 0.5
 SLACK_S = 1.5
 #: Timers may fire this much early (asyncio runs callbacks within its clock resolution).
 EARLY_S = 0.05
+
+
+@pytest.fixture(scope="module")
+def shared(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    with own_service(service_env(redis_url), tmp_path_factory.mktemp("paused")) as proc:
+        yield proc
+
+
+@pytest.fixture
+def pausable(shared: ServiceProcess) -> Iterator[ServiceProcess]:
+    """A service this module's tests may pause (SIGSTOP); resumed after each test."""
+    try:
+        yield shared
+    finally:
+        shared.signal(signal.SIGCONT)
 
 
 async def test_fail_open_and_closed_with_the_service_stopped(
@@ -68,17 +84,17 @@ async def test_fail_open_and_closed_with_the_service_stopped(
             await open_client.set_limit(key, Limit(1, DAY_MS))
 
 
-async def test_timeouts_are_honoured(flavour: str, own: ServiceProcess, prefix: str) -> None:
+async def test_timeouts_are_honoured(flavour: str, pausable: ServiceProcess, prefix: str) -> None:
     """A paused service accepts connections (the kernel does) and never answers."""
     key = f"{prefix}:paused"
     async with (
-        either_client(flavour, own.base_url, timeout=TIMEOUT_S) as closed_client,
+        either_client(flavour, pausable.base_url, timeout=TIMEOUT_S) as closed_client,
         either_client(
-            flavour, own.base_url, timeout=TIMEOUT_S, failure_policy="open"
+            flavour, pausable.base_url, timeout=TIMEOUT_S, failure_policy="open"
         ) as open_client,
     ):
         assert (await closed_client.check(key)).allowed  # connections are open now
-        own.signal(signal.SIGSTOP)
+        pausable.signal(signal.SIGSTOP)
 
         began = time.monotonic()
         with pytest.raises(ThrottlerTimeoutError):
@@ -98,44 +114,47 @@ async def test_timeouts_are_honoured(flavour: str, own: ServiceProcess, prefix: 
 
 
 async def test_the_denial_cache_answers_without_asking(
-    flavour: str, own: ServiceProcess, prefix: str
+    flavour: str, pausable: ServiceProcess, prefix: str
 ) -> None:
     """Once denied, checks of as many tokens are answered locally until the retry time: the
-    service is paused meanwhile, so any request would time out."""
+    service is paused meanwhile, so any request would get no answer."""
     key = f"{prefix}:cached"
-    async with either_client(flavour, own.base_url, timeout=TIMEOUT_S) as throttler:
+    async with either_client(flavour, pausable.base_url, timeout=10) as throttler:
         await throttler.set_limit(key, Limit(3, DAY_MS))
         assert (await throttler.check(key)).remaining == 2
         denied = await throttler.check(key, 3)
         assert (denied.allowed, denied.cached) == (False, False)
         assert throttler.denial_cache.saved == 0
 
-        own.signal(signal.SIGSTOP)
-        for _ in range(20):
-            local = await throttler.check(key, 3)
-            assert (local.allowed, local.cached, local.enforced) == (False, True, True)
-            assert 0 < local.retry_after_ms <= denied.retry_after_ms
-            assert (local.limit, local.remaining) == (denied.limit, denied.remaining)
-            assert int(local.headers["retry-after"]) == -(-local.retry_after_ms // 1000)
-            assert re.search(r";t=\d+$", local.headers["ratelimit"])
+        pausable.signal(signal.SIGSTOP)
+        try:
+            for _ in range(20):
+                local = await throttler.check(key, 3)
+                assert (local.allowed, local.cached, local.enforced) == (False, True, True)
+                assert 0 < local.retry_after_ms <= denied.retry_after_ms
+                assert (local.limit, local.remaining) == (denied.limit, denied.remaining)
+                assert int(local.headers["retry-after"]) == -(-local.retry_after_ms // 1000)
+                assert re.search(r";t=\d+$", local.headers["ratelimit"])
+        finally:
+            pausable.signal(signal.SIGCONT)
         assert throttler.denial_cache.saved == 20
-        # fewer tokens than the denied check might pass: those are asked (and time out)
-        with pytest.raises(ThrottlerTimeoutError):
-            await throttler.check(key, 2)
-        own.signal(signal.SIGCONT)
 
+        # fewer tokens than the denied check might pass: the service is asked
+        fewer = await throttler.check(key, 2)
+        assert (fewer.allowed, fewer.cached, fewer.remaining) == (True, False, 0)
+        assert (await throttler.check(key, 3)).cached  # the denial still holds
         # this client's own limit change forgets the denial
         await throttler.set_limit(key, Limit(10, DAY_MS))
         after = await throttler.check(key, 3)
-        assert (after.allowed, after.cached) == (True, False)
-        assert throttler.denial_cache.saved == 20
+        assert (after.allowed, after.cached, after.remaining) == (True, False, 10 - 3 - 3)
+        assert throttler.denial_cache.saved == 21
 
 
 async def test_the_denial_cache_never_outlives_the_retry_time(
-    flavour: str, own: ServiceProcess, prefix: str
+    flavour: str, pausable: ServiceProcess, prefix: str
 ) -> None:
     key = f"{prefix}:expiring"
-    async with either_client(flavour, own.base_url, timeout=5) as throttler:
+    async with either_client(flavour, pausable.base_url, timeout=5) as throttler:
         await throttler.set_limit(key, Limit(1, 1000))  # one request a second
         assert (await throttler.check(key)).allowed
         denied = await throttler.check(key)

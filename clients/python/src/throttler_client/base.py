@@ -1,5 +1,5 @@
-"""What the sync and async clients share: options, request headers, the failure policy and
-the denial cache. The subclasses add only the I/O."""
+"""What the sync and async clients share: options, request headers, what each attempt's
+outcome means, the failure policy and the denial cache. The subclasses add only the I/O."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 
 class ClientBase:
-    """Options, request headers, and the decisions around each call (no I/O)."""
+    """Options, request headers, and every decision around a call (no I/O)."""
 
     def __init__(
         self,
