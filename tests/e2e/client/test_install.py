@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -54,14 +55,26 @@ def test_the_client_installs_alone_and_works(
     service: ServiceProcess, prefix: str, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # pip builds in the source tree: build a copy, so that the checkout stays as it was
+    ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    shutil.copytree(CLIENT, tmp_path / "clients" / "python", ignore=ignore)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     installed = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(CLIENT)],
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "./clients/python",
+        ],
         capture_output=True,
         text=True,
         timeout=480,
+        cwd=tmp_path,
         env=env,
         check=False,
     )
