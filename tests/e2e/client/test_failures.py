@@ -37,19 +37,13 @@ SLACK_S = 1.5
 EARLY_S = 0.05
 
 
-@pytest.fixture(scope="module")
-def shared(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    with own_service(service_env(redis_url), tmp_path_factory.mktemp("paused")) as proc:
-        yield proc
-
-
 @pytest.fixture
-def pausable(shared: ServiceProcess) -> Iterator[ServiceProcess]:
-    """A service this module's tests may pause (SIGSTOP); resumed after each test."""
+def pausable(service: ServiceProcess) -> Iterator[ServiceProcess]:
+    """The module's service, which a test may pause (SIGSTOP); resumed after each test."""
     try:
-        yield shared
+        yield service
     finally:
-        shared.signal(signal.SIGCONT)
+        service.signal(signal.SIGCONT)
 
 
 async def test_fail_open_and_closed_with_the_service_stopped(

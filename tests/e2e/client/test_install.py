@@ -54,54 +54,36 @@ USE_THE_CLIENT = textwrap.dedent(
 def test_the_client_installs_alone_and_works(
     service: ServiceProcess, prefix: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # pip builds in the source tree: build a copy, so that the checkout stays as it was
     ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
     shutil.copytree(CLIENT, tmp_path / "clients" / "python", ignore=ignore)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python = str(venv / "bin" / "python")
-    installed = subprocess.run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "./clients/python",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=480,
-        cwd=tmp_path,
-        env=env,
-        check=False,
-    )
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=120)
+    python = str(tmp_path / "venv" / "bin" / "python")
+
+    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``python args...`` in the fresh virtualenv, from outside the repository."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        return subprocess.run(
+            [python, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
+
+    quiet = ("--quiet", "--disable-pip-version-check")
+    installed = run("-m", "pip", "install", *quiet, "./clients/python", timeout=480)
     assert installed.returncode == 0, installed.stdout + installed.stderr
 
-    listing = subprocess.run(
-        [python, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=True,
-    )
+    listing = run("-m", "pip", "list", "--format", "json", "--disable-pip-version-check")
     names = {item["name"].lower() for item in json.loads(listing.stdout)}
     assert {"throttler-client", "httpx", "anyio"} <= names
     assert not names & {"throttler", "litestar", "redis", "msgspec", "starlette"}, names
 
     script = tmp_path / "use_the_client.py"
     script.write_text(USE_THE_CLIENT)
-    used = subprocess.run(
-        [python, str(script), service.base_url, f"{prefix}:installed"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=env,
-        check=False,
-    )
+    used = run(str(script), service.base_url, f"{prefix}:installed")
     assert used.returncode == 0, used.stderr
     assert used.stdout.split() == [VERSION, "1", "0", "False", "True"]
