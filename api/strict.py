@@ -17,7 +17,7 @@ from litestar.openapi.spec import Operation, RequestBody
 if TYPE_CHECKING:
     from litestar import Request
 
-__all__ = ["OptionalBodyOperation", "require_strict"]
+__all__ = ["OptionalBodyOperation", "require_strict", "validation_problem"]
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
@@ -32,12 +32,18 @@ async def require_strict(request: Request[Any, Any, Any], body_type: Any) -> Non
     try:
         decoder.decode(body)
     except msgspec.ValidationError as exc:
-        text, _, where = str(exc).rpartition(" - at `$.")
-        field = where.rstrip("`") if where else None
-        message = text if where else str(exc)
+        field, message = validation_problem(exc)
         raise ValidationException(
             detail="invalid body", extra=[{"key": field, "message": message}]
         ) from None
+
+
+def validation_problem(exc: msgspec.ValidationError) -> tuple[str | None, str]:
+    """(the field, what is wrong with it) from msgspec's ``"... - at `$.field`"``."""
+    text, sep, where = str(exc).rpartition(" - at `$.")
+    if not sep:
+        return None, str(exc)
+    return where.rstrip("`"), text
 
 
 @dataclass

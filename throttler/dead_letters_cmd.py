@@ -8,8 +8,8 @@ import msgspec
 
 from core.dead_letters import list_dead_letters as list_letters
 from core.dead_letters import replay_dead_letters as replay_letters
+from core.gateway import Gateway
 from core.keys import KeySpace
-from core.redis_client import connect
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -21,11 +21,11 @@ _encoder = msgspec.json.Encoder()
 
 async def list_dead_letters(settings: Settings, count: int) -> int:
     """Print one JSON line per dead letter: its id in the dead-letter stream and contents."""
-    redis = connect(settings)
+    gateway = Gateway(settings)
     try:
-        letters = await list_letters(redis, KeySpace(settings.key_prefix), count)
+        letters = await list_letters(gateway, KeySpace(settings.key_prefix), count)
     finally:
-        await redis.aclose()
+        await gateway.aclose()
     for dead_id, letter in letters:
         print(_encoder.encode({"id": dead_id, **msgspec.to_builtins(letter)}).decode())
     return 0
@@ -33,16 +33,16 @@ async def list_dead_letters(settings: Settings, count: int) -> int:
 
 async def replay_dead_letters(settings: Settings, ids: list[str], replay_all: bool) -> int:
     """Publish dead letters again as new config entries (see core.dead_letters)."""
-    redis = connect(settings)
+    gateway = Gateway(settings)
     try:
         done, missing = await replay_letters(
-            redis,
+            gateway,
             KeySpace(settings.key_prefix),
             None if replay_all else ids,
             settings.stream_maxlen,
         )
     finally:
-        await redis.aclose()
+        await gateway.aclose()
     for item in done:
         print(f"replayed {item.dead_id} (was {item.config_id}) as {item.new_id}")
     if missing:

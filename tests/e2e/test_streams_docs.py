@@ -29,6 +29,8 @@ from tests.support.worker import running_worker
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from core.gateway import Gateway
+
 pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
@@ -58,7 +60,9 @@ def test_the_doc_shows_the_example_file_verbatim() -> None:
     assert f"```python\n{example}```\n" in DOC.read_text(encoding="utf-8")
 
 
-async def test_the_redis_py_example_is_applied(redis_url: str, prefix: str, redis: Redis) -> None:
+async def test_the_redis_py_example_is_applied(
+    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
+) -> None:
     settings = _settings(redis_url, prefix)
     keys = KeySpace(prefix)
     async with running_worker(settings, "docs"):
@@ -73,7 +77,7 @@ async def test_the_redis_py_example_is_applied(redis_url: str, prefix: str, redi
     assert (audit.result, audit.key, audit.actor) == ("created", "partner:acme", "billing-service")
     assert audit.submitted_at_ms > 0
     limit = Limit(requests=500, window_ms=60_000, algorithm="gcra", burst=50)
-    assert await ConfigStore(redis, keys, 1000).get("partner:acme") == limit
+    assert await ConfigStore(gateway, keys, 1000).get("partner:acme") == limit
 
 
 def _redis_cli_lines() -> list[str]:
@@ -82,12 +86,14 @@ def _redis_cli_lines() -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
-async def test_the_redis_cli_lines_are_applied(redis_url: str, prefix: str, redis: Redis) -> None:
+async def test_the_redis_cli_lines_are_applied(
+    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
+) -> None:
     lines = _redis_cli_lines()
     assert len(lines) == 2
     settings = _settings(redis_url, prefix)
     keys = KeySpace(prefix)
-    store = ConfigStore(redis, keys, 1000)
+    store = ConfigStore(gateway, keys, 1000)
     results = []
     async with running_worker(settings, "docs"):
         for line in lines:
