@@ -14,10 +14,11 @@ help:
 	@echo "make test-valkey  run the core suite against Valkey (the embedded server)"
 	@echo "make bench        run the benchmark (wrk, redis-benchmark, tests/benchmarks); writes bench/results.json"
 
-$(STAMP): pyproject.toml
+# The service and, beside it, the client distribution of clients/python (editable).
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,embedded]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,embedded]" -e ./clients/python
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -1,0 +1,132 @@
+"""``AsyncThrottlerClient``: the asyncio/trio client (httpx.AsyncClient underneath)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+import httpx
+
+from throttler_client import calls
+from throttler_client.base import ClientBase, Pause
+from throttler_client.errors import (
+    ThrottlerError,
+    ThrottlerTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+    from typing import Self
+
+    from throttler_client.attempts import Attempts
+    from throttler_client.calls import Call, CheckItem
+    from throttler_client.models import CheckManyResult, Decision, Limit, LimitChange
+
+__all__ = ["AsyncThrottlerClient"]
+
+T = TypeVar("T")
+
+
+class AsyncThrottlerClient(ClientBase):
+    """An async client of one Throttler service (asyncio or trio); keeps connections open.
+    The same methods as ``ThrottlerClient``, awaited.
+
+    Use it as an async context manager, or await :meth:`aclose`.
+    """
+
+    def _open(self) -> None:
+        self._http = httpx.AsyncClient(limits=self._limits, timeout=self.timeout)
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self, call: Call[T]) -> T:
+        attempts = self._attempts(call)
+        try:
+            with anyio.fail_after(self.timeout):
+                return await self._attempt(call, attempts)
+        except TimeoutError as exc:
+            if isinstance(exc, ThrottlerError):
+                raise
+            raise ThrottlerTimeoutError(
+                f"no answer from throttler within {self.timeout} s", code="timeout"
+            ) from exc
+
+    async def _attempt(self, call: Call[T], attempts: Attempts) -> T:
+        while True:
+            step = self._settle(call, attempts, await self._send(call, attempts))
+            if not isinstance(step, Pause):
+                return step
+            await anyio.sleep(step.seconds)
+
+    async def _send(
+        self, call: Call[T], attempts: Attempts
+    ) -> httpx.Response | httpx.TransportError:
+        try:
+            return await self._http.send(self._request(call, attempts.time_left()))
+        except httpx.TransportError as exc:
+            return exc
+
+    async def check(self, key: str, tokens: int = 1) -> Decision:
+        """Spend ``tokens`` of ``key``'s limit; a denial is a Decision, not an error."""
+        if cached := self.denial_cache.lookup(key, tokens):
+            return cached
+        asked_at = self.denial_cache.now()
+        try:
+            decision = await self._run(calls.check(key, tokens))
+        except ThrottlerError as exc:
+            return self._unenforced(key, exc)
+        return self._checked(key, tokens, decision, asked_at)
+
+    async def peek(self, key: str) -> Decision:
+        """``key``'s state now (``remaining``, ``limit``, ``reset_after_ms``), spending
+        nothing: a check of 0 tokens, so ``allowed`` is true whatever ``remaining`` is."""
+        try:
+            return await self._run(calls.check(key, 0))
+        except ThrottlerError as exc:
+            return self._unenforced(key, exc)
+
+    async def check_many(
+        self, items: Iterable[CheckItem], all_or_nothing: bool = False
+    ) -> CheckManyResult:
+        """Many checks in one request: ``items`` are keys or ``(key, tokens)`` pairs."""
+        items = list(items)
+        try:
+            return await self._run(calls.check_many(items, all_or_nothing))
+        except ThrottlerError as exc:
+            return self._unenforced_many(items, exc)
+
+    async def set_limit(self, key: str, limit: Limit) -> LimitChange:
+        """Create or replace ``key``'s limit (admin)."""
+        try:
+            return await self._run(calls.set_limit(key, limit))
+        finally:
+            self.denial_cache.forget(key)
+
+    async def delete_limit(self, key: str) -> LimitChange:
+        """Remove ``key``'s limit (admin); ``NotFoundError`` when it had none."""
+        try:
+            return await self._run(calls.delete_limit(key))
+        finally:
+            self.denial_cache.forget(key)
+
+    async def reset(self, key: str) -> None:
+        """Clear ``key``'s usage and keep its limits (admin; ``POST /rate-limit/{key}/reset``,
+        which services before that route answer with ``NotFoundError``)."""
+        try:
+            await self._run(calls.reset(key))
+        finally:
+            self.denial_cache.forget(key)

@@ -1,0 +1,186 @@
+"""The service's HTTP operations as data, with no I/O.
+
+Each builder returns a :class:`Call`: method, path, JSON body, which token it needs, whether
+sending it twice is harmless, and how to read the answer into a typed result. The sync and
+async clients run the same calls, so they cannot drift apart.
+
+Adding an operation (the ``/policies`` routes, say): write its builder here, then a method
+of one line in ``ThrottlerClient`` and in ``AsyncThrottlerClient``
+(tests/unit/test_client_surface.py checks that both have the same methods and signatures).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+from throttler_client.errors import ThrottlerError, error_from_answer
+from throttler_client.models import (
+    CheckManyResult,
+    Decision,
+    Limit,
+    LimitChange,
+    as_int,
+    forwarded_headers,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+__all__ = [
+    "Answer",
+    "Call",
+    "check",
+    "check_many",
+    "delete_limit",
+    "read_answer",
+    "reset",
+    "set_limit",
+]
+
+T = TypeVar("T")
+#: An item of :meth:`check_many`: a key (one token), or ``(key, tokens)``.
+CheckItem = str | tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer: status, headers, and the body decoded as JSON (``None`` if it is not)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: object
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One request and how to read its answer.
+
+    ``idempotent``: sending it again after it may have reached the service changes nothing
+    (a peek, setting a limit, a reset); a check that spends is never sent twice. ``admin``:
+    it needs the admin token rather than the check token.
+    """
+
+    method: Literal["GET", "POST", "PUT", "DELETE"]
+    path: str
+    read: Callable[[Answer], T]
+    body: object = None
+    admin: bool = False
+    idempotent: bool = False
+
+
+def read_answer(call: Call[T], answer: Answer) -> T:
+    """``call.read(answer)``; a body that does not match the protocol is a ThrottlerError."""
+    try:
+        return call.read(answer)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ThrottlerError(
+            f"unexpected answer to {call.method} {call.path}: {exc}",
+            code="bad_answer",
+            status=answer.status,
+        ) from exc
+
+
+def _path(key: str, suffix: str = "") -> str:
+    return f"/rate-limit/{quote(key, safe=':')}{suffix}"
+
+
+def _body(answer: Answer, *ok: int) -> Mapping[str, object]:
+    """The JSON object of an answer whose status is one of ``ok``; else its error."""
+    if answer.status not in ok:
+        raise error_from_answer(answer.status, answer.body)
+    if not isinstance(answer.body, dict):
+        raise TypeError(f"expected a JSON object, got {answer.body!r}")
+    return answer.body
+
+
+def _decision(key: str, body: Mapping[str, object], headers: Mapping[str, str]) -> Decision:
+    allowed = body["allowed"]
+    if not isinstance(allowed, bool):
+        raise TypeError(f"allowed: expected a boolean, got {allowed!r}")
+    error, message = body.get("error"), body.get("message")
+    item_error = None if allowed or error == "rate_limit_exceeded" else error
+    return Decision(
+        key=key,
+        allowed=allowed,
+        remaining=as_int(body, "remaining"),
+        limit=as_int(body, "limit"),
+        reset_after_ms=as_int(body, "reset_after_ms"),
+        retry_after_ms=0 if body.get("retry_after_ms") is None else as_int(body, "retry_after_ms"),
+        enforced=body.get("enforced", True) is not False,
+        headers=headers,
+        error=None if item_error is None else str(item_error),
+        message=None if item_error is None else str(message),
+    )
+
+
+def check(key: str, tokens: int = 1) -> Call[Decision]:
+    """``POST /rate-limit/{key}/check``: spend ``tokens`` (0 peeks). 200 and 429 are both
+    decisions."""
+
+    def read(answer: Answer) -> Decision:
+        return _decision(key, _body(answer, 200, 429), forwarded_headers(answer.headers))
+
+    return Call("POST", _path(key, "/check"), read, body={"tokens": tokens}, idempotent=not tokens)
+
+
+def check_many(items: Iterable[CheckItem], all_or_nothing: bool = False) -> Call[CheckManyResult]:
+    """``POST /check``: many checks in one request (atomic with ``all_or_nothing``)."""
+    pairs = [(item, 1) if isinstance(item, str) else item for item in items]
+    body = {
+        "checks": [{"key": key, "tokens": tokens} for key, tokens in pairs],
+        "all_or_nothing": all_or_nothing,
+    }
+
+    def read(answer: Answer) -> CheckManyResult:
+        result = _body(answer, 200)
+        items = result["results"]
+        if not isinstance(items, list):
+            raise TypeError(f"results: expected a list, got {items!r}")
+        decisions = tuple(_decision(str(item["key"]), item, {}) for item in items)
+        enforced = answer.headers.get("x-ratelimit-enforced") != "false"
+        if not enforced:
+            decisions = tuple(Decision.unenforced(d.key) for d in decisions)
+        return CheckManyResult(result["allowed"] is True, decisions, enforced)
+
+    idempotent = not any(tokens for _, tokens in pairs)
+    return Call("POST", "/check", read, body=body, idempotent=idempotent)
+
+
+def set_limit(key: str, limit: Limit) -> Call[LimitChange]:
+    """``POST /rate-limit/{key}``: create or replace the key's limit (201/200, or 202)."""
+
+    def read(answer: Answer) -> LimitChange:
+        body = _body(answer, 200, 201, 202)
+        if answer.status == 202:
+            return LimitChange("accepted", event_id=str(body["event_id"]))
+        return LimitChange("created" if answer.status == 201 else "replaced", Limit.from_json(body))
+
+    # Setting the same limit twice leaves the same limit: safe to send again.
+    return Call("POST", _path(key), read, body=limit.to_json(), admin=True, idempotent=True)
+
+
+def delete_limit(key: str) -> Call[LimitChange]:
+    """``DELETE /rate-limit/{key}``: remove the key's limit (200 with it, or 202)."""
+
+    def read(answer: Answer) -> LimitChange:
+        body = _body(answer, 200, 202)
+        if answer.status == 202:
+            return LimitChange("accepted", event_id=str(body["event_id"]))
+        return LimitChange("deleted", Limit.from_json(body))
+
+    # Not idempotent in its answer: a second delete of a deleted limit is a 404.
+    return Call("DELETE", _path(key), read, admin=True)
+
+
+def reset(key: str) -> Call[None]:
+    """``POST /rate-limit/{key}/reset``: clear the key's usage and keep its limits; answers
+    200 ``{"key": ..., "reset": true}`` (a service without the route answers 404)."""
+
+    def read(answer: Answer) -> None:
+        body = _body(answer, 200)
+        if body.get("reset") is not True:
+            raise ValueError(f"reset: expected true, got {body.get('reset')!r}")
+
+    return Call("POST", _path(key, "/reset"), read, admin=True, idempotent=True)

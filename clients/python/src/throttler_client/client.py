@@ -1,0 +1,115 @@
+"""``ThrottlerClient``: the blocking client (httpx.Client underneath)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, TypeVar
+
+import httpx
+
+from throttler_client import calls
+from throttler_client.base import ClientBase, Pause
+from throttler_client.errors import ThrottlerError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+    from typing import Self
+
+    from throttler_client.attempts import Attempts
+    from throttler_client.calls import Call, CheckItem
+    from throttler_client.models import CheckManyResult, Decision, Limit, LimitChange
+
+__all__ = ["ThrottlerClient"]
+
+T = TypeVar("T")
+
+
+class ThrottlerClient(ClientBase):
+    """A blocking client of one Throttler service; thread-safe, keeps connections open.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def _open(self) -> None:
+        self._http = httpx.Client(limits=self._limits, timeout=self.timeout)
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, call: Call[T]) -> T:
+        attempts = self._attempts(call)
+        while True:
+            step = self._settle(call, attempts, self._send(call, attempts))
+            if not isinstance(step, Pause):
+                return step
+            time.sleep(step.seconds)
+
+    def _send(self, call: Call[T], attempts: Attempts) -> httpx.Response | httpx.TransportError:
+        try:
+            return self._http.send(self._request(call, attempts.time_left()))
+        except httpx.TransportError as exc:
+            return exc
+
+    def check(self, key: str, tokens: int = 1) -> Decision:
+        """Spend ``tokens`` of ``key``'s limit; a denial is a Decision, not an error."""
+        if cached := self.denial_cache.lookup(key, tokens):
+            return cached
+        asked_at = self.denial_cache.now()
+        try:
+            decision = self._run(calls.check(key, tokens))
+        except ThrottlerError as exc:
+            return self._unenforced(key, exc)
+        return self._checked(key, tokens, decision, asked_at)
+
+    def peek(self, key: str) -> Decision:
+        """``key``'s state now (``remaining``, ``limit``, ``reset_after_ms``), spending
+        nothing: a check of 0 tokens, so ``allowed`` is true whatever ``remaining`` is."""
+        try:
+            return self._run(calls.check(key, 0))
+        except ThrottlerError as exc:
+            return self._unenforced(key, exc)
+
+    def check_many(
+        self, items: Iterable[CheckItem], all_or_nothing: bool = False
+    ) -> CheckManyResult:
+        """Many checks in one request: ``items`` are keys or ``(key, tokens)`` pairs."""
+        items = list(items)
+        try:
+            return self._run(calls.check_many(items, all_or_nothing))
+        except ThrottlerError as exc:
+            return self._unenforced_many(items, exc)
+
+    def set_limit(self, key: str, limit: Limit) -> LimitChange:
+        """Create or replace ``key``'s limit (admin)."""
+        try:
+            return self._run(calls.set_limit(key, limit))
+        finally:
+            self.denial_cache.forget(key)
+
+    def delete_limit(self, key: str) -> LimitChange:
+        """Remove ``key``'s limit (admin); ``NotFoundError`` when it had none."""
+        try:
+            return self._run(calls.delete_limit(key))
+        finally:
+            self.denial_cache.forget(key)
+
+    def reset(self, key: str) -> None:
+        """Clear ``key``'s usage and keep its limits (admin; ``POST /rate-limit/{key}/reset``,
+        which services before that route answer with ``NotFoundError``)."""
+        try:
+            self._run(calls.reset(key))
+        finally:
+            self.denial_cache.forget(key)

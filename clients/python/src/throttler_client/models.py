@@ -1,0 +1,128 @@
+"""Typed results: what the service answers, as frozen dataclasses (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "Algorithm",
+    "CheckManyResult",
+    "Decision",
+    "Limit",
+    "LimitChange",
+    "forwarded_headers",
+]
+
+Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "gcra"]
+ChangeStatus = Literal["created", "replaced", "deleted", "accepted"]
+
+
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The rate-limit headers of an answer, lower-cased: ``X-RateLimit-*``, the IETF
+    ``RateLimit`` and ``RateLimit-Policy`` fields and ``Retry-After`` — what a service
+    protected by Throttler passes on to its own callers."""
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith(("x-ratelimit-", "ratelimit")) or name.lower() == "retry-after"
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one check.
+
+    ``retry_after_ms`` is the wait until the same check could succeed (0 when allowed).
+    ``enforced`` is false when nothing was decided (the service or its Redis could not be
+    asked and a failure policy let the request through). ``cached`` is true when the local
+    denial cache answered without asking the service. ``headers`` are the rate-limit
+    headers to forward (lower-case names). ``error``/``message`` are set only on an item of
+    :meth:`check_many` that the service refused (e.g. tokens above the capacity).
+    """
+
+    key: str
+    allowed: bool
+    remaining: int
+    limit: int
+    reset_after_ms: int
+    retry_after_ms: int = 0
+    enforced: bool = True
+    cached: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def unenforced(cls, key: str) -> Decision:
+        """Allowed without a decision: what ``failure_policy="open"`` answers."""
+        return cls(key, True, 0, 0, 0, enforced=False, headers={"x-ratelimit-enforced": "false"})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckManyResult:
+    """The answer to :meth:`check_many`: one decision per item, in order; ``allowed`` is
+    true when every item is."""
+
+    allowed: bool
+    results: tuple[Decision, ...]
+    enforced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """``requests`` per ``window_ms`` under ``algorithm``; ``burst`` (token bucket and GCRA
+    only) is the most spendable at once, ``requests`` when left out."""
+
+    requests: int
+    window_ms: int
+    algorithm: Algorithm = "token_bucket"
+    burst: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "requests": self.requests,
+            "window_ms": self.window_ms,
+            "algorithm": self.algorithm,
+        }
+        if self.burst is not None:
+            body["burst"] = self.burst
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, object]) -> Limit:
+        algorithm = body.get("algorithm", "token_bucket")
+        if algorithm not in get_args(Algorithm):
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+        burst = body.get("burst")
+        return cls(
+            requests=as_int(body, "requests"),
+            window_ms=as_int(body, "window_ms"),
+            algorithm=algorithm,  # type: ignore[arg-type]  # checked against Algorithm above
+            burst=None if burst is None else as_int(body, "burst"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """The outcome of :meth:`set_limit` or :meth:`delete_limit`.
+
+    ``created``/``replaced``: ``limit`` is the limit as stored. ``deleted``: ``limit`` is
+    the removed one. ``accepted``: no worker applied the change within the service's
+    ``APPLY_WAIT_MS``; it stays on the config stream as ``event_id`` and applies later.
+    """
+
+    status: ChangeStatus
+    limit: Limit | None = None
+    event_id: str | None = None
+
+
+def as_int(body: Mapping[str, object], name: str) -> int:
+    """``body[name]`` as an int; a clear ``ValueError`` when the service sent anything else."""
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    return value
