@@ -108,7 +108,6 @@ async def test_typed_errors(throttler: AsyncThrottlerClient, prefix: str) -> Non
     assert isinstance(ValidationError("x"), ThrottlerError)
 
 
-@pytest.mark.xfail(strict=True, reason="reset route lands with issue 10")
 async def test_reset_clears_usage_and_keeps_the_limit(
     throttler: AsyncThrottlerClient, prefix: str
 ) -> None:
