@@ -416,8 +416,8 @@ class Gateway:
             reply = await self.call(
                 "scan", command, "SCAN", cursor, "MATCH", pattern, "COUNT", count, target_nodes=node
             )
-            if isinstance(reply, dict):  # keyed by node when redis-py fans out
-                reply = next(iter(reply.values()))
+            cursors, names = reply  # redis-py's cluster client keys the cursors by node
+            reply = (next(iter(cursors.values())), names) if isinstance(cursors, dict) else reply
         next_cursor, names = reply
         return int(next_cursor), [text(n) for n in names]
 

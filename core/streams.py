@@ -11,9 +11,11 @@ from redis.exceptions import ResponseError
 from core.gateway import text
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from core.gateway import Gateway
     from core.keys import KeySpace
-    from schemas.events import ConfigEvent
+    from schemas.events import ConfigEvent, KeyEvent, PolicyEvent
 
 __all__ = [
     "EVENT_FIELD",
@@ -50,7 +52,7 @@ async def publish(gateway: Gateway, keys: KeySpace, event: ConfigEvent, maxlen: 
 
 
 async def publish_many(
-    gateway: Gateway, keys: KeySpace, events: list[ConfigEvent], maxlen: int
+    gateway: Gateway, keys: KeySpace, events: Sequence[KeyEvent | PolicyEvent], maxlen: int
 ) -> list[str]:
     """Append many config events in one pipelined round trip, in order."""
     pipe = gateway.client.pipeline(transaction=False)

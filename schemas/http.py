@@ -206,7 +206,7 @@ class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError("give one limit (requests, window_ms, ...) or limits, not both")
             return KeyLimits(self.limits, bool(self.shadow))
         if self.shadow is not None:
-            raise ValueError("shadow needs limits: {\"limits\": [...], \"shadow\": true}")
+            raise ValueError('shadow needs limits: {"limits": [...], "shadow": true}')
         if self.requests is None or self.window_ms is None:
             raise ValueError("requests and window_ms are required (or limits)")
         return Limit(self.requests, self.window_ms, self.algorithm or "token_bucket", self.burst)

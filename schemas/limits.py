@@ -120,7 +120,7 @@ Shadow = Annotated[
     bool,
     msgspec.Meta(
         description="Evaluate and spend as usual, but allow every check: a would-be denial "
-        "is reported (`\"shadow\": \"denied\"`, `X-RateLimit-Shadow`) and counted."
+        'is reported (`"shadow": "denied"`, `X-RateLimit-Shadow`) and counted.'
     ),
 ]
 Pattern = Annotated[

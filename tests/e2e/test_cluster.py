@@ -27,11 +27,12 @@ from core.config_store import ConfigStore
 from core.gateway import Gateway
 from core.keys import APPLIERS, KeySpace
 from core.limiter import Limiter
+from core.policies import PolicySync, PolicyTable, Resolved
 from core.scripts import APPLY, CHECK, FINISH
 from core.settings import load_settings
 from core.streams import EVENT_FIELD, publish_many
-from schemas.events import AuditEvent, ConfigEvent, SetLimit
-from schemas.limits import Limit
+from schemas.events import AuditEvent, KeyEvent, SetLimit
+from schemas.limits import Limit, Policy
 from tests.e2e.test_redis_auth_tls import acl_rules, knows_setinfo
 from tests.support.cluster import LocalCluster
 from tests.support.service import ServiceProcess, running
@@ -336,7 +337,7 @@ async def test_worker_killed_mid_way_another_finishes(
     cluster: LocalCluster, prefix: str, door: Gateway, client: Redis, tmp_path: Path
 ) -> None:
     keys = KeySpace(prefix)
-    events: list[ConfigEvent] = [
+    events: list[KeyEvent] = [
         SetLimit(key=f"k{i % LIMIT_KEYS}", limit=Limit(requests=i + 1, window_ms=60_000), actor="x")
         for i in range(CHANGES)
     ]
@@ -391,3 +392,33 @@ async def test_many_concurrent_checks_on_many_keys_all_succeed(door: Gateway, pr
     failures = [r for r in results if isinstance(r, BaseException)]
     assert failures == []
     assert all(r.allowed for r in results if not isinstance(r, BaseException))
+
+
+@pytest.mark.anyio
+async def test_listing_pages_over_every_master_and_policies_live_in_one_slot(
+    door: Gateway, prefix: str
+) -> None:
+    keys = KeySpace(prefix)
+    store = ConfigStore(door, keys, 1000)
+    names = [f"listed:{i}" for i in range(40)]  # spread over every master's slots
+    for i, key in enumerate(names):
+        assert (await store.apply(key, Limit(i + 1, 60_000), f"1-{i}")).outcome == "created"
+    owners = {door.client.keyslot(keys.limit(k)) for k in names}  # type: ignore[attr-defined]
+    assert len(owners) > 3
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(100):
+        found, cursor = await store.list_keys("listed:", 7, cursor)
+        seen += [key for key, _ in found]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(names)
+    # Policies and their version share the streams' hash tag: one script applies them.
+    assert (
+        len(slots([keys.policies, keys.policy_patterns, keys.policy_gone, keys.config_stream])) == 1
+    )
+    policy = Policy(limits=[Limit(3, 60_000)], match=["p:*"])
+    assert (await store.apply_policy("p", policy, "1-0")).outcome == "created"
+    sync = PolicySync(door, keys, PolicyTable(Resolved.of(None, (Limit(1, 1000),))))
+    await sync.load()
+    assert sync.table.resolve("p:x").name == "p"

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from redis import Redis
 
+from tests.support.poll import until
 from tests.support.service import ServiceProcess, running
 
 if TYPE_CHECKING:
@@ -97,3 +98,53 @@ async def test_concurrent_checks_on_two_processes_admit_exactly_the_limit(
         assert sorted(remaining) == list(range(LIMIT))
         after = await http.get(f"{services[1].base_url}/rate-limit/{key}")
         assert after.json()["remaining"] == 0
+
+
+@pytest.mark.parametrize(
+    ("limits", "admitted"),
+    [
+        # a burst of 5 and a daily quota of 100: the burst binds
+        ([{"requests": 5, "window_ms": DAY_MS}, {"requests": 100, "window_ms": DAY_MS}], 5),
+        # a burst of 60 and a quota of 30 (sliding): the quota binds
+        (
+            [
+                {"requests": 60, "window_ms": DAY_MS, "algorithm": "gcra"},
+                {"requests": 30, "window_ms": DAY_MS, "algorithm": "sliding_window"},
+            ],
+            30,
+        ),
+    ],
+)
+async def test_a_two_limit_policy_is_exact_across_two_processes(
+    services: list[ServiceProcess], limits: list[dict[str, object]], admitted: int
+) -> None:
+    """Every limit holds across processes, and a denied check spends from none of them."""
+    name = f"two-{admitted}"
+    prefix = f"{name}:"
+    async with httpx.AsyncClient(timeout=30) as http:
+        created = await http.put(
+            f"{services[0].base_url}/policies/{name}",
+            json={"limits": limits, "match": [f"{prefix}*"]},
+        )
+        assert created.status_code == 201, created.text
+        key = f"{prefix}caller"
+
+        async def seen() -> bool:
+            body = (await http.get(f"{services[1].base_url}/rate-limit/{key}")).json()
+            return bool(body["policy"] == name)
+
+        await until(seen, 5)  # the other process has the policy (notification or poll)
+        statuses: list[int] = []
+
+        async def one(i: int) -> None:
+            resp = await http.post(f"{services[i % 2].base_url}/rate-limit/{key}/check")
+            statuses.append(resp.status_code)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(CHECKS):
+                tg.start_soon(one, i)
+        assert Counter(statuses) == {200: admitted, 429: CHECKS - admitted}
+        usage = (await http.get(f"{services[0].base_url}/rate-limit/{key}")).json()["limits"]
+        capacities = [u["limit"] for u in usage]
+        # each limit lost exactly what was admitted: the denials took nothing anywhere
+        assert [u["remaining"] for u in usage] == [c - admitted for c in capacities]

@@ -27,7 +27,7 @@ import pytest
 from core.config_store import ConfigStore
 from core.keys import APPLIERS, KeySpace
 from core.streams import EVENT_FIELD, publish_many
-from schemas.events import AuditEvent, ConfigEvent, SetLimit
+from schemas.events import AuditEvent, KeyEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.servers import RedisProcess
 from tests.support.service import ServiceProcess
@@ -247,7 +247,7 @@ async def test_worker_sigterm_mid_way_acks_its_batch_and_leaves_the_rest(
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     keys = KeySpace(prefix)
-    events: list[ConfigEvent] = [
+    events: list[KeyEvent] = [
         SetLimit(key=f"k{i % KEYS}", limit=Limit(requests=i + 1, window_ms=60_000), actor="stop")
         for i in range(CHANGES)
     ]

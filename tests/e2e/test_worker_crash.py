@@ -11,7 +11,7 @@ import pytest
 from core.config_store import ConfigStore
 from core.keys import APPLIERS, KeySpace
 from core.streams import EVENT_FIELD, publish_many
-from schemas.events import AuditEvent, ConfigEvent, SetLimit
+from schemas.events import AuditEvent, KeyEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until
 from tests.support.service import ServiceProcess
@@ -55,7 +55,7 @@ async def test_kill_9_mid_way_then_another_worker_finishes_exactly(
     redis_url: str, prefix: str, redis: Redis, tmp_path: Path, gateway: Gateway
 ) -> None:
     keys = KeySpace(prefix)
-    events: list[ConfigEvent] = [
+    events: list[KeyEvent] = [
         SetLimit(key=f"k{i % KEYS}", limit=Limit(requests=i + 1, window_ms=60_000), actor="crash")
         for i in range(CHANGES)
     ]

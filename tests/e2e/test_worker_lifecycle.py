@@ -16,7 +16,7 @@ import pytest
 from core.config_store import ConfigStore
 from core.keys import APPLIERS, KeySpace
 from core.streams import EVENT_FIELD, publish_many
-from schemas.events import AuditEvent, ConfigEvent, SetLimit
+from schemas.events import AuditEvent, KeyEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until
 from tests.support.service import ServiceProcess
@@ -84,7 +84,7 @@ async def test_heartbeat_check_and_sigterm(
 
         # A backlog, and SIGTERM while the worker is working through it.
         count = 3000
-        events: list[ConfigEvent] = [
+        events: list[KeyEvent] = [
             SetLimit(key=f"k{i % 300}", limit=Limit(requests=i + 1, window_ms=1000))
             for i in range(count)
         ]

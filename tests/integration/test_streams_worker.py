@@ -21,9 +21,9 @@ from core.settings import Settings, load_settings
 from core.streams import EVENT_FIELD, publish, publish_many
 from schemas.events import (
     AuditEvent,
-    ConfigEvent,
     DeadLetter,
     DeleteLimit,
+    KeyEvent,
     LimitChanged,
     SetLimit,
 )
@@ -237,7 +237,7 @@ async def test_three_workers_reach_the_state_one_worker_reaches(
     redis_url: str, redis: Redis, gateway: Gateway
 ) -> None:
     count, nkeys = 3000, 100
-    events: list[ConfigEvent] = []
+    events: list[KeyEvent] = []
     expected: dict[str, Limit | None] = {}
     for i in range(count):
         key = f"k{(i * 7) % nkeys}"
@@ -284,7 +284,7 @@ async def test_streams_are_trimmed_to_the_retention(
     settings = _settings(redis_url, prefix, STREAM_MAXLEN="100")
     keys = KeySpace(prefix)
     maxlen = settings.stream_maxlen
-    events: list[ConfigEvent] = [
+    events: list[KeyEvent] = [
         SetLimit(key=f"r{i % 10}", limit=Limit(i + 1, 1000)) for i in range(1000)
     ]
     # Published ahead of any worker: the config stream keeps about the last STREAM_MAXLEN.
@@ -334,7 +334,7 @@ async def test_a_worker_resumes_at_full_speed_after_redis_restarts(prefix: str) 
                         return False
 
                 await until(reachable, seconds=5)
-                events: list[ConfigEvent] = [
+                events: list[KeyEvent] = [
                     SetLimit(key=f"after{i}", limit=Limit(i + 1, 1000)) for i in range(400)
                 ]
                 await publish_many(door, keys, events, 10_000)
