@@ -197,16 +197,18 @@ class Limiter:
             found = self._own[own] = decode_limits(own)
         return found
 
-    def _grouped_args(self, items: list[tuple[str, int]]) -> tuple[list[Any], list[Resolved]]:
+    def _grouped_args(
+        self, items: list[tuple[str, int]], given: list[Resolved] | None = None
+    ) -> tuple[list[Any], list[Resolved]]:
         """ARGV after ``now`` for check_many/check_all: the distinct limit sets, then every
-        key's tokens and set (decide.lua ``limit_sets``/``key_item``); and each item's."""
+        key's tokens and set (decide.lua ``limit_sets``/``key_item``); and each item's limits
+        (``given``, or what the policies resolve for its key)."""
         sets: dict[int, int] = {}
         flat: list[Any] = []
         pairs: list[Any] = []
-        given: list[Resolved] = []
-        for key, tokens in items:
-            resolved = self.policies.resolve(key)
-            given.append(resolved)
+        if given is None:
+            given = [self.policies.resolve(key) for key, _ in items]
+        for (_, tokens), resolved in zip(items, given, strict=True):
             number = sets.get(id(resolved))
             if number is None:
                 number = sets[id(resolved)] = len(sets) + 1
@@ -256,13 +258,18 @@ class Limiter:
         return replies, given
 
     async def check_all(
-        self, items: list[tuple[str, int]], *, now_us: int | None = None
+        self,
+        items: list[tuple[str, int]],
+        *,
+        given: dict[str, Resolved] | None = None,
+        now_us: int | None = None,
     ) -> list[CheckResult | LimitValidationError]:
         """All-or-nothing: spend from every key only if every key allows, atomically.
 
         Items naming one key twice are merged (their tokens add up); at most
-        :data:`MAX_ALL_OR_NOTHING` keys. On a Redis Cluster every key must map to one hash
-        slot (LimitValidationError otherwise).
+        :data:`MAX_ALL_OR_NOTHING` keys. Keys without limits of their own are checked under
+        ``given[key]`` when given, else what the policies resolve. On a Redis Cluster every
+        key must map to one hash slot (LimitValidationError otherwise).
         """
         merged: dict[str, int] = {}
         for key, tokens in items:
@@ -280,11 +287,14 @@ class Limiter:
                 "these keys map to different slots",
                 field="checks",
             )
-        args, given = self._grouped_args(list(merged.items()))
+        chosen = None if given is None else [given[key] for key in merged]
+        args, resolved_all = self._grouped_args(list(merged.items()), chosen)
         now: Any = "" if now_us is None else now_us
         reply: list[Any] = await self._gateway.run(CHECK_ALL, keys, [now, *args])
         by_key: dict[str, CheckResult | LimitValidationError] = {}
-        for (key, tokens), item, resolved in zip(merged.items(), reply[1:], given, strict=True):
+        for (key, tokens), item, resolved in zip(
+            merged.items(), reply[1:], resolved_all, strict=True
+        ):
             try:
                 by_key[key] = self.result(item, tokens, resolved)
             except LimitValidationError as exc:
