@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-import msgspec
 from litestar import Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, Parameter
@@ -12,18 +11,13 @@ from litestar.params import FromPath, FromQuery, Parameter
 from api.auth import admin_guard
 from core.dead_letters import Replayed, list_dead_letters, replay_dead_letters
 from core.errors import NotFoundError
-from schemas.events import DeadLetter
+from schemas.events import DeadLetterEntry
 from schemas.http import ErrorResponse
 
 if TYPE_CHECKING:
     from api.services import Services
 
 __all__ = ["ADMIN_ROUTES"]
-
-
-class DeadLetterEntry(msgspec.Struct):
-    id: str
-    letter: DeadLetter
 
 
 Count = Annotated[int, Parameter(ge=1, le=10_000, description="How many, oldest first.")]
@@ -50,8 +44,7 @@ async def dead_letters(
 ) -> list[DeadLetterEntry]:
     """Config entries that could not be applied, with the reason, oldest first."""
     services = _services(request)
-    rows = await list_dead_letters(services.redis, services.keys, count)
-    return [DeadLetterEntry(dead_id, letter) for dead_id, letter in rows]
+    return await list_dead_letters(services.redis, services.keys, count)
 
 
 @post(

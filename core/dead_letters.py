@@ -9,7 +9,7 @@ import msgspec
 
 from core.redis_client import unavailable
 from core.streams import EVENT_FIELD
-from schemas.events import DeadLetter
+from schemas.events import DeadLetter, DeadLetterEntry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -42,10 +42,10 @@ def _text(value: bytes | str) -> str:
 
 async def list_dead_letters(
     redis: Redis, keys: KeySpace, count: int = 100
-) -> list[tuple[str, DeadLetter]]:
-    """The oldest ``count`` dead letters as (id in the dead-letter stream, letter)."""
+) -> list[DeadLetterEntry]:
+    """The oldest ``count`` dead letters with their ids in the dead-letter stream."""
     rows: Any = await unavailable(lambda: redis.xrange(keys.dead_stream, count=count), "dead")
-    return [(_text(i), _decoder.decode(f[EVENT_FIELD.encode()])) for i, f in rows]
+    return [DeadLetterEntry(_text(i), _decoder.decode(f[EVENT_FIELD.encode()])) for i, f in rows]
 
 
 async def replay_dead_letters(

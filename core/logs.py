@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["configure_logging", "register_secret"]
+__all__ = ["configure_logging", "redact", "register_secret"]
 
 
 def _unencodable(value: object) -> str:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from core.keys import KeySpace
 
-__all__ = ["Heartbeat", "default_consumer_name", "is_alive"]
+__all__ = ["Heartbeat", "any_alive", "default_consumer_name", "is_alive"]
 
 
 def default_consumer_name() -> str:
@@ -57,3 +57,10 @@ async def is_alive(redis: Redis, keys: KeySpace, group: str, consumer: str | Non
     pattern = keys.heartbeat(group, f"{socket.gethostname()}-*")
     found = [k.decode() if isinstance(k, bytes) else k async for k in redis.scan_iter(pattern)]
     return sorted(found)
+
+
+async def any_alive(redis: Redis, keys: KeySpace, group: str) -> bool:
+    """True when any consumer of ``group``, on any host, has a live heartbeat."""
+    async for _ in redis.scan_iter(keys.heartbeat(group, "*"), count=1000):
+        return True
+    return False
