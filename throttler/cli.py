@@ -20,7 +20,7 @@ import anyio
 
 from core.errors import RedisUnavailableError, SettingsError
 from core.logs import configure_logging, redact, register_secret
-from core.settings import Settings, load_settings, redact_url
+from core.settings import Settings, ignored_variables, load_settings, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -51,6 +51,7 @@ environment (a .env file in the working directory is read too; README.md lists a
   BREAKER_COOLDOWN_MS  how long the circuit stays open before a probe (default 1000)
   ADMIN_TOKEN          bearer token for limit CRUD, dead letters, notifications
   CHECK_TOKEN          bearer token for checks (unset: checks are open)
+  CORS_ORIGINS         web origins allowed to call the API from a browser (comma-separated)
   MAX_BODY_BYTES       larger request bodies get 413 (default 1048576)
   LOG_LEVEL            debug, info, warning, error, critical (default info)
   LOG_FORMAT           json or console (default json)
@@ -80,6 +81,13 @@ def _load(overrides: dict[str, str | None]) -> Settings:
     register_secret(settings.admin_token)
     register_secret(settings.check_token)
     return settings
+
+
+def _configure(settings: Settings) -> None:
+    """Logging as the settings say; then one warning about variables that are ignored."""
+    configure_logging(settings.log_level, settings.log_format)
+    if ignored := ignored_variables():
+        _log.warning("ignoring environment variables: %s", "; ".join(ignored))
 
 
 def build_app(
@@ -112,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     from core.embedded import EmbeddedRedis  # noqa: PLC0415
 
     settings = _load({"BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
-    configure_logging(settings.log_level, settings.log_format)
+    _configure(settings)
     os.environ[_SERVE_WORKER] = "0" if args.no_worker else "1"
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.admin_token:
         _log.warning(
@@ -165,7 +173,7 @@ _REDIS_HINT = (
 
 def _needs_redis(args: argparse.Namespace) -> Settings:
     settings = _load({"REDIS_URL": getattr(args, "redis_url", None)})
-    configure_logging(settings.log_level, settings.log_format)
+    _configure(settings)
     if settings.redis_url is None:
         raise SettingsError(_REDIS_HINT)
     return settings

@@ -148,3 +148,13 @@ async def test_dead_letters_list_prints_what_get_dead_letters_answers(
     answered = (await client.get("/dead-letters")).json()
     assert json.loads(listed.stdout) == answered
     assert [set(entry) for entry in answered] == [{"id", "letter"}]
+
+
+def test_the_cli_warns_once_about_ignored_variables(redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, "RUST_LOG": "debug", "THROTTLER_X": "1"}
+    done = throttler("dead-letters", "list", env=env)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "RUST_LOG" in line]
+    assert len(warnings) == 1, done.stderr
+    assert "THROTTLER_X" in warnings[0]
+    assert "use LOG_LEVEL" in warnings[0]
