@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 
+from core.outage import Outage
 from core.redis_client import UNAVAILABLE_ERRORS, is_cluster
 from schemas.events import LimitChanged
 
@@ -38,6 +39,7 @@ class NotificationHub:
         self._waiters: dict[str, asyncio.Future[LimitChanged]] = {}
         self._listeners: dict[MemoryObjectSendStream[LimitChanged], str] = {}
         self.subscribed = anyio.Event()
+        self.outage = Outage(_log, "notifications")
 
     def expect(self, request_id: str) -> asyncio.Future[LimitChanged]:
         """A future resolved by the notification carrying ``request_id``."""
@@ -75,17 +77,20 @@ class NotificationHub:
         """Subscribe and dispatch until cancelled; resubscribe after a lost connection.
 
         Any other failure is logged and retried too: a hub that died would leave every
-        config change of this process waiting for a notification that never comes.
+        config change of this process waiting for a notification that never comes. An
+        outage is logged when it starts and when it ends; retries back off meanwhile.
         """
         while True:
             try:
                 await self._run_once()
+                delay = 0.0
             except UNAVAILABLE_ERRORS as exc:
-                _log.warning("notification subscription lost (%s); retrying", exc)
+                delay = self.outage.failed(exc)
             except Exception:
                 _log.exception("notification subscription failed; retrying")
+                delay = 0.5
             self.subscribed = anyio.Event()
-            await anyio.sleep(0.5)
+            await anyio.sleep(delay)
 
     async def _run_once(self) -> None:
         if is_cluster(self._redis):
@@ -95,6 +100,7 @@ class NotificationHub:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
+            self.outage.recovered()
             self.subscribed.set()
             while True:
                 message = await pubsub.get_message(timeout=1.0)
