@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["NOTIFICATION_ROUTES"]
 
 _encoder = msgspec.json.Encoder()
-_KEEPALIVE_S = 15.0
+#: A comment line and nothing else: a browser's EventSource fires no event for it (a `data:`
+#: line, even empty, would be a message whose data is not JSON).
+_KEEPALIVE = ServerSentEventMessage(data=None, comment="keep-alive")
 
 Prefix = FromQuery[str]
 
@@ -43,9 +45,10 @@ async def notifications_sse(
     """One `limit_changed` event per applied change to a key starting with `prefix`.
 
     Try `curl -N http://localhost:8080/notifications?prefix=free:`. A comment line is sent
-    every 15 s to keep proxies from closing an idle stream.
+    every `SSE_KEEPALIVE_MS` (15 s) to keep proxies from closing an idle stream.
     """
     services: Services = request.app.state.services
+    keepalive_s = services.settings.sse_keepalive_ms / 1000
 
     async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
         async with services.hub.listen(prefix) as notes:
@@ -54,10 +57,10 @@ async def notifications_sse(
             )
             while True:
                 note = None
-                with anyio.move_on_after(_KEEPALIVE_S):
+                with anyio.move_on_after(keepalive_s):
                     note = await notes.receive()
                 if note is None:
-                    yield ServerSentEventMessage(comment="keep-alive")
+                    yield _KEEPALIVE
                     continue
                 yield ServerSentEventMessage(
                     data=_encoder.encode(note).decode(), event="limit_changed", id=note.event_id

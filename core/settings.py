@@ -53,6 +53,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     check_token: str | None = None
     #: Web origins allowed to call the API from a browser (comma-separated; empty: none).
     cors_origins: str = ""
+    #: How often an idle notification stream (SSE) gets a keep-alive comment.
+    sse_keepalive_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 15_000
     # Streams and workers
     stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 1_000_000
     tombstone_ttl_ms: Annotated[int, msgspec.Meta(ge=1000)] = 7 * 24 * 3_600_000
