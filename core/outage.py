@@ -13,7 +13,7 @@ __all__ = ["Outage", "backoff"]
 
 def backoff(failures: int, first_s: float = 0.5, most_s: float = 5.0) -> float:
     """The wait after the ``failures``-th failure in a row: doubling from ``first_s``."""
-    return min(most_s, first_s * 2 ** max(0, failures - 1))
+    return min(most_s, first_s * 2.0 ** max(0, failures - 1))
 
 
 class Outage:
