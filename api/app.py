@@ -20,6 +20,7 @@ from api.batch import BATCH_ROUTES
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
+from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
 from core.breaker import CircuitBreaker
@@ -127,6 +128,7 @@ def create_app(
         )
     app = Litestar(
         route_handlers=[
+            *PROBE_ROUTES,
             *ROUTES,
             *BATCH_ROUTES,
             *NOTIFICATION_ROUTES,

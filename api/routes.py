@@ -1,32 +1,28 @@
-"""HTTP routes: limits CRUD, checks, health and readiness."""
+"""HTTP routes: limits CRUD and checks."""
 
 from __future__ import annotations
 
-import datetime as dt
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_429_TOO_MANY_REQUESTS
 
+from api.allow import options_route
 from api.auth import admin_guard, check_guard
 from api.headers import rate_limit_headers
 from api.strict import OptionalBodyOperation, require_strict
 from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
 from core.keys import validate_key
-from core.version import VERSION
 from schemas.http import (
     AcceptedResponse,
     CheckAllowed,
     CheckDenied,
     CheckRequest,
     ErrorResponse,
-    HealthResponse,
     LimitStatus,
-    ReadyResponse,
 )
 from schemas.limits import Limit
 
@@ -98,33 +94,6 @@ _CONFLICT = ResponseSpec(
     data_container=ErrorResponse,
     description="A newer change to the same key was applied first (`conflict`).",
 )
-
-
-@get("/health", tags=["probes"], summary="Liveness probe")
-async def health() -> HealthResponse:
-    """Always 200 while the process serves requests; does not touch Redis."""
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return HealthResponse(status="healthy", version=VERSION, timestamp=now)
-
-
-@get(
-    "/ready",
-    tags=["probes"],
-    summary="Readiness probe",
-    responses={503: ResponseSpec(data_container=ReadyResponse, description="Redis unreachable")},
-)
-async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
-    """200 when Redis answers a PING within a second, else 503 (within a second)."""
-    services = _services(request)
-    ok = False
-    with anyio.move_on_after(1.0):
-        try:
-            ok = await services.ping()
-        except RedisUnavailableError:
-            ok = False
-    if ok:
-        return Response(ReadyResponse(status="ready", redis="connected"))
-    return Response(ReadyResponse(status="not_ready", redis="disconnected"), status_code=503)
 
 
 @post(
@@ -265,4 +234,10 @@ async def check(
 
 _EMPTY_CHECK = CheckRequest()
 
-ROUTES = [health, ready, put_limit, get_limit, delete_limit, check]
+ROUTES = [
+    options_route("/rate-limit/{key:str}", "GET", "POST", "DELETE"),
+    put_limit,
+    get_limit,
+    delete_limit,
+    check,
+]

@@ -51,6 +51,8 @@ CHECKS = [
 OPERATIONS: dict[str, str | None] = {
     "GET /health": None,
     "GET /ready": None,
+    "HEAD /health": None,
+    "HEAD /ready": None,
     "GET /metrics": None,
     "GET /rate-limit/{key}": None,
     "POST /rate-limit/{key}": None,
