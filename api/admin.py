@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, Parameter
 
 from api.auth import admin_guard
+from api.openapi import ADMIN
 from core.dead_letters import Replayed, list_dead_letters, replay_dead_letters
 from core.errors import NotFoundError
 from schemas.events import DeadLetterEntry
@@ -32,6 +33,7 @@ def _services(request: Request[Any, Any, Any]) -> Services:
     "/dead-letters",
     tags=["admin"],
     guards=[admin_guard],
+    security=ADMIN,
     summary="List dead letters",
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid `count` (`validation_error`)."),
@@ -51,6 +53,7 @@ async def dead_letters(
     "/dead-letters/{dead_id:str}/replay",
     tags=["admin"],
     guards=[admin_guard],
+    security=ADMIN,
     status_code=200,
     summary="Replay one dead letter",
     responses={

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.metrics import NoOpMeterProvider
 
@@ -20,6 +18,7 @@ from api.batch import BATCH_ROUTES
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
+from api.openapi import complete_document, openapi_config
 from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
@@ -32,7 +31,6 @@ from core.mutations import Mutations
 from core.notifications import NotificationHub
 from core.redis_client import connect, describe, prepare
 from core.telemetry import Telemetry
-from core.version import VERSION
 from schemas.limits import Limit
 
 if TYPE_CHECKING:
@@ -140,14 +138,9 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="Throttler",
-            version=VERSION,
-            description="Distributed rate limiting on Redis: limits, checks, probes.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
-        ),
+        openapi_config=openapi_config(),
         logging_config=None,
     )
+    complete_document(app.openapi_schema)  # built once here, served as completed
     app.asgi_handler = ObservedApp(app.asgi_handler, metrics)
     return app

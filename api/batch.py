@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from api.auth import check_guard
+from api.openapi import CHECK
 from api.strict import require_strict
 from core.errors import LimitValidationError, RedisUnavailableError
 from schemas.http import BatchRequest, BatchResponse, BatchResult, ErrorResponse
@@ -37,6 +38,7 @@ def _result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResul
     "/check",
     tags=["checks"],
     guards=[check_guard],
+    security=CHECK,
     status_code=200,
     summary="Check many keys at once",
     responses={

@@ -14,6 +14,7 @@ from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.auth import admin_guard
+from api.openapi import NOTIFY
 from schemas.http import ErrorResponse
 
 if TYPE_CHECKING:
@@ -35,7 +36,11 @@ Prefix = FromQuery[str]
     "/notifications",
     tags=["notifications"],
     guards=[admin_guard],
-    responses={401: ResponseSpec(ErrorResponse, description="Missing or wrong token.")},
+    security=NOTIFY,
+    responses={
+        400: ResponseSpec(ErrorResponse, description="Invalid query (`validation_error`)."),
+        401: ResponseSpec(ErrorResponse, description="Missing or wrong token or ticket."),
+    },
     summary="Limit changes as Server-Sent Events",
     media_type="text/event-stream",
 )

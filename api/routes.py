@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_429_TOO_MANY_REQUESTS
 
 from api.allow import options_route
 from api.auth import admin_guard, check_guard
+from api.bodies import blank_body_is_no_body
 from api.headers import rate_limit_headers
+from api.openapi import ADMIN, CHECK, KEY_SCHEMA
 from api.strict import OptionalBodyOperation, require_strict
 from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
 from core.keys import validate_key
@@ -32,7 +34,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ROUTES"]
 
-Key = FromPath[str]
+Key = Annotated[
+    str,
+    PathParameter(
+        description="The rate-limit key: 1-256 characters of A-Z a-z 0-9 _ - . :",
+        schema_extra=KEY_SCHEMA,
+    ),
+]
 
 
 def _services(request: Request[Any, Any, Any]) -> Services:
@@ -100,9 +108,12 @@ _CONFLICT = ResponseSpec(
     "/rate-limit/{key:str}",
     tags=["limits"],
     guards=[admin_guard],
+    security=ADMIN,
+    middleware=[blank_body_is_no_body],
     summary="Create or replace a key's limit",
     status_code=HTTP_201_CREATED,
     responses={
+        201: ResponseSpec(data_container=Limit, description="Created: the limit as stored."),
         200: ResponseSpec(data_container=Limit, description="Replaced an existing limit."),
         202: _ACCEPTED,
         409: _CONFLICT,
@@ -136,6 +147,7 @@ async def put_limit(
     "/rate-limit/{key:str}",
     tags=["limits"],
     guards=[admin_guard],
+    security=ADMIN,
     summary="A key's limit and live state",
     responses=_errors(400, 401, 404, 503),
 )
@@ -150,9 +162,15 @@ async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
     "/rate-limit/{key:str}",
     tags=["limits"],
     guards=[admin_guard],
+    security=ADMIN,
     summary="Remove a key's limit and state",
     status_code=HTTP_200_OK,
-    responses={202: _ACCEPTED, 409: _CONFLICT, **_errors(400, 401, 404, 503)},
+    responses={
+        200: ResponseSpec(data_container=Limit, description="Removed: the limit it had."),
+        202: _ACCEPTED,
+        409: _CONFLICT,
+        **_errors(400, 401, 404, 503),
+    },
 )
 async def delete_limit(
     request: Request[Any, Any, Any], key: Key
@@ -174,10 +192,12 @@ async def delete_limit(
     "/rate-limit/{key:str}/check",
     tags=["checks"],
     guards=[check_guard],
+    security=CHECK,
     operation_class=OptionalBodyOperation,
     summary="Check and spend tokens",
     status_code=HTTP_200_OK,
     responses={
+        200: ResponseSpec(data_container=CheckAllowed, description="Allowed (tokens spent)."),
         429: ResponseSpec(data_container=CheckDenied, description="Rate limit exceeded."),
         **_errors(400, 401, 413, 503),
     },

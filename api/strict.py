@@ -3,6 +3,10 @@
 Litestar converts bodies leniently (``"10"`` becomes ``10``), which would let a client's
 type mistake through. Handlers call :func:`require_strict` on non-empty bodies; the extra
 decode only happens when a body was sent.
+
+An integer may be written as a whole number with a fraction part of zero (``10.0``): that
+is an integer in JSON Schema (and so in the OpenAPI document), and what many JSON encoders
+write for a whole float. ``10.5`` and ``"10"`` stay wrong types.
 """
 
 from __future__ import annotations
@@ -19,18 +23,26 @@ if TYPE_CHECKING:
 
 __all__ = ["OptionalBodyOperation", "require_strict"]
 
-_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_json = msgspec.json.Decoder()
+
+
+def _whole_numbers_as_ints(value: Any) -> Any:
+    """``value`` with every float that is a whole number (``10.0``) made an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_ints(v) for v in value]
+    return value
 
 
 async def require_strict(request: Request[Any, Any, Any], body_type: Any) -> None:
     body = await request.body()
     if not body.strip():
         return
-    decoder = _decoders.get(body_type)
-    if decoder is None:
-        decoder = _decoders[body_type] = msgspec.json.Decoder(body_type, strict=True)
     try:
-        decoder.decode(body)
+        msgspec.convert(_whole_numbers_as_ints(_json.decode(body)), body_type, strict=True)
     except msgspec.ValidationError as exc:
         text, _, where = str(exc).rpartition(" - at `$.")
         field = where.rstrip("`") if where else None
