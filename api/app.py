@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.metrics import NoOpMeterProvider
 
@@ -22,6 +23,7 @@ from api.openapi import complete_document, openapi_config
 from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
+from api.tickets import redact_ticket_in_span
 from core.breaker import CircuitBreaker
 from core.config_store import ConfigStore
 from core.keys import KeySpace
@@ -73,6 +75,33 @@ def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -
     )
 
 
+#: What a browser page may read from an answer (besides the CORS-safelisted headers).
+_EXPOSED = [
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "X-RateLimit-Window",
+    "X-RateLimit-Enforced",
+    "RateLimit-Policy",
+    "RateLimit",
+]
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Cross-origin access for the web origins in ``CORS_ORIGINS`` (none by default)."""
+    origins = settings.cors_origin_list
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=_EXPOSED,
+        max_age=600,
+    )
+
+
 def create_app(
     settings: Settings,
     hooks: tuple[Hook, ...] = (),
@@ -120,6 +149,7 @@ def create_app(
                     tracer_provider=telemetry.tracer_provider,
                     meter_provider=NoOpMeterProvider(),
                     scope_span_details_extractor=span_details,
+                    server_request_hook_handler=redact_ticket_in_span,
                     exclude=["/metrics", "/health", "/ready"],
                 )
             )
@@ -138,6 +168,7 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
+        cors_config=_cors(settings),
         openapi_config=openapi_config(),
         logging_config=None,
     )

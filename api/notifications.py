@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import msgspec
-from litestar import Request, WebSocket, get, websocket
+from litestar import Request, WebSocket, get, post, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromQuery
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from api.auth import admin_guard
-from api.openapi import NOTIFY
-from schemas.http import ErrorResponse
+from api.auth import admin_guard, notification_guard
+from api.openapi import ADMIN, NOTIFY
+from api.tickets import TICKET_TTL_MS, issue_ticket
+from schemas.http import ErrorResponse, TicketResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -30,12 +32,39 @@ _encoder = msgspec.json.Encoder()
 _KEEPALIVE = ServerSentEventMessage(data=None, comment="keep-alive")
 
 Prefix = FromQuery[str]
+#: Read by the guard; declared so the OpenAPI document lists it.
+Ticket = Annotated[
+    str | None,
+    QueryParameter(description="A ticket from POST /notifications/ticket, instead of a token."),
+]
+
+
+@post(
+    "/notifications/ticket",
+    tags=["notifications"],
+    guards=[admin_guard],
+    security=ADMIN,
+    status_code=200,
+    summary="A short-lived ticket for the notification routes",
+    responses={
+        401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
+    },
+)
+async def notification_ticket(request: Request[Any, Any, Any]) -> TicketResponse:
+    """For web pages: `EventSource` and `WebSocket` cannot send `Authorization`, and the admin
+    token must not go into a URL. A backend holding the admin token asks for a ticket; the
+    page opens `/notifications?ticket=<ticket>` (or `/notifications/ws?ticket=`) within
+    `expires_in_ms`. A ticket opens the notification routes only."""
+    services: Services = request.app.state.services
+    now = time.time_ns() // 1_000_000
+    ticket = issue_ticket(services.settings.admin_token or "", now)
+    return TicketResponse(ticket=ticket, expires_in_ms=TICKET_TTL_MS)
 
 
 @get(
     "/notifications",
     tags=["notifications"],
-    guards=[admin_guard],
+    guards=[notification_guard],
     security=NOTIFY,
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid query (`validation_error`)."),
@@ -45,7 +74,7 @@ Prefix = FromQuery[str]
     media_type="text/event-stream",
 )
 async def notifications_sse(
-    request: Request[Any, Any, Any], prefix: Prefix = ""
+    request: Request[Any, Any, Any], prefix: Prefix = "", ticket: Ticket = None
 ) -> ServerSentEvent:
     """One `limit_changed` event per applied change to a key starting with `prefix`.
 
@@ -74,8 +103,10 @@ async def notifications_sse(
     return ServerSentEvent(events())
 
 
-@websocket("/notifications/ws", guards=[admin_guard])
-async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = "") -> None:
+@websocket("/notifications/ws", guards=[notification_guard])
+async def notifications_ws(
+    socket: WebSocket[Any, Any, Any], prefix: Prefix = "", ticket: Ticket = None
+) -> None:
     """The same notifications as JSON text messages on a WebSocket."""
     services: Services = socket.app.state.services
     await socket.accept()
@@ -97,4 +128,4 @@ async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = ""
         tg.cancel_scope.cancel()
 
 
-NOTIFICATION_ROUTES = [notifications_sse, notifications_ws]
+NOTIFICATION_ROUTES = [notification_ticket, notifications_sse, notifications_ws]

@@ -19,6 +19,7 @@ from litestar.openapi.spec import (
     OpenAPIHeader,
     OpenAPIResponse,
     OpenAPIType,
+    Reference,
     Schema,
     SecurityScheme,
 )
@@ -145,17 +146,28 @@ _LIMIT_RULES = [
         then=Schema(properties={"requests": Schema(maximum=MAX_SLIDING_REQUESTS)}),
     ),
 ]
-_RULES: dict[type[msgspec.Struct], dict[str, Any]] = {
-    Limit: {"all_of": _LIMIT_RULES},
-    CheckRequest: {
-        "all_of": _LIMIT_RULES,
-        "dependent_required": {
-            "requests": ["window_ms"],
-            "window_ms": ["requests"],
-            "algorithm": ["requests", "window_ms"],
-            "burst": ["requests", "window_ms"],
-        },
-    },
+
+
+def _given(field: str, kind: OpenAPIType, *needed: str) -> Schema:
+    """When ``field`` holds a ``kind`` (null is the same as absent), ``needed`` hold integers."""
+    integers: dict[str, Reference | Schema] = {n: Schema(type=OpenAPIType.INTEGER) for n in needed}
+    return Schema(
+        schema_if=Schema(properties={field: Schema(type=kind)}, required=[field]),
+        then=Schema(properties=integers, required=list(needed)),
+    )
+
+
+_INTEGER, _STRING = OpenAPIType.INTEGER, OpenAPIType.STRING
+#: An inline limit (in a check) needs requests and window_ms together.
+_INLINE_RULES = [
+    _given("requests", _INTEGER, "window_ms"),
+    _given("window_ms", _INTEGER, "requests"),
+    _given("algorithm", _STRING, "requests", "window_ms"),
+    _given("burst", _INTEGER, "requests", "window_ms"),
+]
+_RULES: dict[type[msgspec.Struct], list[Schema]] = {
+    Limit: _LIMIT_RULES,
+    CheckRequest: [*_LIMIT_RULES, *_INLINE_RULES],
 }
 #: Request bodies: they reject unknown fields.
 _BODIES: tuple[type[msgspec.Struct], ...] = (Limit, CheckRequest, BatchRequest, BatchItem)
@@ -168,8 +180,8 @@ def complete_document(openapi: OpenAPI) -> None:
         schema = schemas[struct.__name__]
         if struct.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
-        for name, value in _RULES.get(struct, {}).items():
-            setattr(schema, name, value)
+        if rules := _RULES.get(struct):
+            schema.all_of = rules
     for path, item in (openapi.paths or {}).items():
         for method in ("get", "head", "post", "delete"):
             operation = getattr(item, method, None)
