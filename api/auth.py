@@ -66,10 +66,16 @@ async def check_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
 async def notification_guard(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
-    """The admin token, or a valid notification ticket in ``?ticket=`` (for browsers)."""
+    """The admin token, or a valid notification ticket in ``?ticket=`` (for browsers).
+
+    Every credential presented must be valid: a wrong token is refused even beside a good
+    ticket, and a bad ticket even beside a good token.
+    """
     token = _services(connection).settings.admin_token
+    if token is None:
+        return
     ticket = connection.query_params.get("ticket")
-    if token is None or ticket is None:
-        _require(connection, token)
-    elif not ticket_is_valid(token, ticket, time.time_ns() // 1_000_000):
+    if ticket is not None and not ticket_is_valid(token, ticket, time.time_ns() // 1_000_000):
         _refuse(connection, "invalid or expired notification ticket", _INVALID)
+    if ticket is None or "authorization" in connection.headers:
+        _require(connection, token)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 from litestar import Request, WebSocket, get, post, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.auth import admin_guard, notification_guard
@@ -32,11 +32,6 @@ _encoder = msgspec.json.Encoder()
 _KEEPALIVE = ServerSentEventMessage(data=None, comment="keep-alive")
 
 Prefix = FromQuery[str]
-#: Read by the guard; declared so the OpenAPI document lists it.
-Ticket = Annotated[
-    str | None,
-    QueryParameter(description="A ticket from POST /notifications/ticket, instead of a token."),
-]
 
 
 @post(
@@ -74,7 +69,7 @@ async def notification_ticket(request: Request[Any, Any, Any]) -> TicketResponse
     media_type="text/event-stream",
 )
 async def notifications_sse(
-    request: Request[Any, Any, Any], prefix: Prefix = "", ticket: Ticket = None
+    request: Request[Any, Any, Any], prefix: Prefix = ""
 ) -> ServerSentEvent:
     """One `limit_changed` event per applied change to a key starting with `prefix`.
 
@@ -104,9 +99,7 @@ async def notifications_sse(
 
 
 @websocket("/notifications/ws", guards=[notification_guard])
-async def notifications_ws(
-    socket: WebSocket[Any, Any, Any], prefix: Prefix = "", ticket: Ticket = None
-) -> None:
+async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = "") -> None:
     """The same notifications as JSON text messages on a WebSocket."""
     services: Services = socket.app.state.services
     await socket.accept()

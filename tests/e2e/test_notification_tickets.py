@@ -58,7 +58,11 @@ def test_a_ticket_opens_the_notification_routes_and_nothing_else(service: Servic
         ws_url = service.base_url.replace("http://", "ws://") + f"/notifications/ws?ticket={ticket}"
         with connect(ws_url) as socket:
             assert json.loads(socket.recv(timeout=10)) == {"type": "subscribed", "prefix": ""}
-        # ...and nothing else.
+        # ...and nothing else; every credential presented must be right.
+        wrong = {"Authorization": "Bearer wrong-token"}
+        assert (
+            api.get("/notifications", params={"ticket": ticket}, headers=wrong).status_code == 401
+        )
         assert api.get("/dead-letters", params={"ticket": ticket}).status_code == 401
         assert api.get("/rate-limit/k", params={"ticket": ticket}).status_code == 401
 
