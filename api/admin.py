@@ -34,6 +34,7 @@ def _services(request: Request[Any, Any, Any]) -> Services:
     tags=["admin"],
     guards=[admin_guard],
     security=ADMIN,
+    operation_id="list_dead_letters",
     summary="List dead letters",
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid `count` (`validation_error`)."),
@@ -55,6 +56,7 @@ async def dead_letters(
     guards=[admin_guard],
     security=ADMIN,
     status_code=200,
+    operation_id="replay_dead_letter",
     summary="Replay one dead letter",
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid request (`validation_error`)."),

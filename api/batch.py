@@ -40,6 +40,7 @@ def _result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResul
     guards=[check_guard],
     security=CHECK,
     status_code=200,
+    operation_id="check_many",
     summary="Check many keys at once",
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid body (`validation_error`)."),

@@ -40,6 +40,7 @@ Prefix = FromQuery[str]
     guards=[admin_guard],
     security=ADMIN,
     status_code=200,
+    operation_id="notification_ticket",
     summary="A short-lived ticket for the notification routes",
     responses={
         401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
@@ -65,6 +66,7 @@ async def notification_ticket(request: Request[Any, Any, Any]) -> TicketResponse
         400: ResponseSpec(ErrorResponse, description="Invalid query (`validation_error`)."),
         401: ResponseSpec(ErrorResponse, description="Missing or wrong token or ticket."),
     },
+    operation_id="notifications",
     summary="Limit changes as Server-Sent Events",
     media_type="text/event-stream",
 )

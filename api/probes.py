@@ -53,13 +53,18 @@ def _head_of(response: Response[Any]) -> Response[None]:
     return Response(None, status_code=response.status_code, headers=headers)
 
 
-@get("/health", tags=["probes"], summary="Liveness probe")
+@get("/health", tags=["probes"], operation_id="health", summary="Liveness probe")
 async def health() -> Response[HealthResponse]:
     """Always 200 while the process serves requests; does not touch Redis."""
     return _health()
 
 
-@head("/health", tags=["probes"], summary="Liveness probe, without a body")
+@head(
+    "/health",
+    tags=["probes"],
+    operation_id="health_head",
+    summary="Liveness probe, without a body",
+)
 async def health_head() -> Response[None]:
     """As `GET /health`, without the body."""
     return _head_of(_health())
@@ -68,6 +73,7 @@ async def health_head() -> Response[None]:
 @get(
     "/ready",
     tags=["probes"],
+    operation_id="ready",
     summary="Readiness probe",
     responses={503: ResponseSpec(data_container=ReadyResponse, description=_NOT_READY)},
 )
@@ -79,6 +85,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
 @head(
     "/ready",
     tags=["probes"],
+    operation_id="ready_head",
     summary="Readiness probe, without a body",
     responses={503: ResponseSpec(data_container=None, description=_NOT_READY)},
 )

@@ -110,6 +110,7 @@ _CONFLICT = ResponseSpec(
     guards=[admin_guard],
     security=ADMIN,
     middleware=[blank_body_is_no_body],
+    operation_id="set_limit",
     summary="Create or replace a key's limit",
     status_code=HTTP_201_CREATED,
     responses={
@@ -148,6 +149,7 @@ async def put_limit(
     tags=["limits"],
     guards=[admin_guard],
     security=ADMIN,
+    operation_id="get_limit",
     summary="A key's limit and live state",
     responses=_errors(400, 401, 404, 503),
 )
@@ -163,6 +165,7 @@ async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
     tags=["limits"],
     guards=[admin_guard],
     security=ADMIN,
+    operation_id="delete_limit",
     summary="Remove a key's limit and state",
     status_code=HTTP_200_OK,
     responses={
@@ -194,6 +197,7 @@ async def delete_limit(
     guards=[check_guard],
     security=CHECK,
     operation_class=OptionalBodyOperation,
+    operation_id="check",
     summary="Check and spend tokens",
     status_code=HTTP_200_OK,
     responses={
