@@ -136,8 +136,13 @@ def _serve(args: argparse.Namespace) -> int:
             embedded.name,
             embedded.url,
         )
+        redis = f"{embedded.url} (embedded {embedded.name}: not persisted, gone when this stops)"
     else:
         _log.info("using redis at %s", redact_url(settings.redis_url))
+        redis = str(redact_url(settings.redis_url))
+    # One line for the person who typed `make run`: where everything is (logs are JSON).
+    base = f"http://{settings.bind_address}"
+    print(f"throttler: serving {base} (docs {base}/schema); redis {redis}", flush=True)
     try:
         config = uvicorn.Config(
             "throttler.cli:app_factory",

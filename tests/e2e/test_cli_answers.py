@@ -16,6 +16,7 @@ from core.embedded import free_port
 from core.keys import KeySpace
 from core.streams import EVENT_FIELD
 from schemas.events import DeadLetter
+from tests.support.service import ServiceProcess
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -158,3 +159,16 @@ def test_the_cli_warns_once_about_ignored_variables(redis_url: str) -> None:
     assert len(warnings) == 1, done.stderr
     assert "THROTTLER_X" in warnings[0]
     assert "use LOG_LEVEL" in warnings[0]
+
+
+def test_serve_says_where_it_is_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    service = ServiceProcess({"REDIS_URL": f"redis://:s3cret@127.0.0.1:{port}/0"})
+    try:
+        service.start(tmp_path)
+        base, docs, redis_url = service.printed()
+    finally:
+        service.stop()
+    assert (base, docs) == (service.base_url, f"{service.base_url}/schema")
+    assert redis_url == f"redis://:***@127.0.0.1:{port}/0"  # given, and never in clear
+    assert "s3cret" not in service.log()

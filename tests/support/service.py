@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,15 +23,23 @@ if TYPE_CHECKING:
 __all__ = ["ServiceProcess", "running"]
 
 
+_SERVING = re.compile(r"^throttler: serving (\S+) \(docs (\S+)\); redis (\S+)", re.MULTILINE)
+
+
 @dataclass
 class ServiceProcess:
-    """``throttler <args>`` with the given environment; output goes to a log file."""
+    """``throttler <args>`` with the given environment; output goes to a log file.
+
+    ``embedded``: no ``REDIS_URL`` at all (not even the developer's), as with a bare
+    ``make run``: `serve` starts its embedded server and prints its URL.
+    """
 
     env: dict[str, str]
     args: list[str] = field(default_factory=lambda: ["serve"])
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    embedded: bool = False
 
     @property
     def base_url(self) -> str:
@@ -39,6 +48,9 @@ class ServiceProcess:
     def start(self, tmp_path: Path, *, wait: bool = True) -> ServiceProcess:
         env = {**os.environ, **self.env, "BIND_ADDRESS": f"127.0.0.1:{self.port}"}
         env.setdefault("LOG_LEVEL", "info")
+        if self.embedded:
+            env.pop("REDIS_URL", None)
+            env.pop("KEY_PREFIX", None)
         self.log_path = tmp_path / f"throttler-{self.port}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -64,6 +76,12 @@ class ServiceProcess:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"throttler did not become healthy:\n{self.log()}")
+
+    def printed(self) -> tuple[str, str, str]:
+        """What `serve` printed on its first line: its URL, its docs URL, its Redis URL."""
+        match = _SERVING.search(self.log())
+        assert match, f"no 'throttler: serving' line:\n{self.log()}"
+        return match[1], match[2], match[3]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
