@@ -294,8 +294,9 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the HTTP API",
         description="Run the HTTP API. With no REDIS_URL, start an embedded Redis-compatible "
-        "server on loopback and stop it on exit. SIGTERM/SIGINT shut down gracefully: "
-        "in-flight requests complete.",
+        "server on loopback (nothing kept on disk) and stop it on exit. The first line on "
+        "standard output says where the API, its docs and its Redis are. SIGTERM/SIGINT "
+        "shut down gracefully: in-flight requests complete.",
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
