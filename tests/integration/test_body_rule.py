@@ -9,11 +9,21 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from core.settings import Settings, load_settings
+
 if TYPE_CHECKING:
     from litestar import Litestar
     from litestar.testing import AsyncTestClient
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def settings(redis_url: str, prefix: str) -> Settings:
+    """conftest's settings (its ``client`` uses them), with a worker that stops sooner."""
+    env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "WORKER_BLOCK_MS": "100"}
+    return load_settings(env, env_file=None)
+
 
 NO_BODY = {"error": "validation_error", "message": "a JSON body is required"}
 

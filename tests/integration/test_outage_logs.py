@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
-FAILURES = 4  # 0.5 + 1 + 2 s of backoff: the old code would have logged 7 warnings by then
+FAILURES = 3  # 0.5 + 1 s of backoff: the old code would have logged 3 warnings by then
 
 
 def _lines(caplog: pytest.LogCaptureFixture, logger: str, text: str) -> int:
