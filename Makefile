@@ -14,7 +14,7 @@ help:
 	@echo "make run          start the API (+ in-process worker; embedded Redis unless REDIS_URL)"
 	@echo "make test         lint, type-check and run the whole suite against a real Redis"
 	@echo "make test-valkey  run the core suite against Valkey (the embedded server)"
-	@echo "make bench        run the benchmark and rewrite docs/performance.md"
+	@echo "make bench        run the benchmark (wrk, redis-benchmark, tests/benchmarks); writes bench/results.json"
 
 $(RUN_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,7 @@ test-valkey: $(TEST_STAMP)
 	THROTTLER_TEST_SERVER=valkey $(BIN)/pytest -q tests/unit tests/integration
 
 bench: $(TEST_STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench
 
 clean:

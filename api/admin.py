@@ -47,7 +47,7 @@ async def dead_letters(
 ) -> list[DeadLetterEntry]:
     """Config entries that could not be applied, with the reason, oldest first."""
     services = _services(request)
-    return await list_dead_letters(services.redis, services.keys, count)
+    return await list_dead_letters(services.gateway, services.keys, count)
 
 
 @post(
@@ -69,7 +69,7 @@ async def replay(request: Request[Any, Any, Any], dead_id: FromPath[str]) -> Rep
     """Publish the entry again as a new config change and remove it from the dead letters."""
     services = _services(request)
     done, _ = await replay_dead_letters(
-        services.redis, services.keys, [dead_id], services.settings.stream_maxlen
+        services.gateway, services.keys, [dead_id], services.settings.stream_maxlen
     )
     if not done:
         raise NotFoundError(f"no dead letter {dead_id}")

@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING
 import anyio
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.middleware._internal.cors import CORSMiddleware  # (public alias deprecated)
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.metrics import NoOpMeterProvider
 
 from api.admin import ADMIN_ROUTES
 from api.batch import BATCH_ROUTES
+from api.checks import LeanChecks
+from api.drain import Drain
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
@@ -24,14 +27,13 @@ from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
 from api.tickets import redact_ticket_in_span
-from core.breaker import CircuitBreaker
 from core.config_store import ConfigStore
+from core.gateway import Gateway, describe
 from core.keys import KeySpace
 from core.limiter import Limiter
 from core.metrics import Metrics
 from core.mutations import Mutations
 from core.notifications import NotificationHub
-from core.redis_client import connect, describe, prepare
 from core.telemetry import Telemetry
 from schemas.limits import Limit
 
@@ -46,25 +48,26 @@ _log = logging.getLogger("throttler.api")
 Hook = Callable[[Services], AbstractAsyncContextManager[None]]
 
 
-def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -> Services:
-    redis = connect(settings)
+def build_services(
+    settings: Settings, telemetry: Telemetry, metrics: Metrics, drain: Drain | None = None
+) -> Services:
+    gateway = Gateway(settings, metrics, telemetry=telemetry)
     keys = KeySpace(settings.key_prefix)
     requests, window_ms = settings.default_limit_rate
     default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)
-    hub = NotificationHub(redis, keys.notify_channel)
-    breaker = CircuitBreaker(
-        settings.breaker_failures, settings.breaker_cooldown_ms / 1000, metrics
-    )
+    hub = NotificationHub(gateway, keys.notify_channel)
+    drain = drain or Drain()
+    drain.on_begin(hub.end_listeners)  # open notification streams end when the drain begins
     return Services(
         settings=settings,
         keys=keys,
-        redis=redis,
-        limiter=Limiter(redis, keys, default, metrics, breaker),
-        config=ConfigStore(redis, keys, settings.tombstone_ttl_ms),
+        gateway=gateway,
+        limiter=Limiter(gateway, keys, default, inline_ttl_ms=settings.inline_limit_ttl_ms),
+        config=ConfigStore(gateway, keys, settings.tombstone_ttl_ms),
         hub=hub,
         metrics=metrics,
         mutations=Mutations(
-            redis,
+            gateway,
             keys,
             hub,
             wait_ms=settings.apply_wait_ms,
@@ -72,6 +75,7 @@ def build_services(settings: Settings, telemetry: Telemetry, metrics: Metrics) -
             telemetry=telemetry,
         ),
         telemetry=telemetry,
+        drain=drain,
     )
 
 
@@ -107,22 +111,25 @@ def create_app(
     hooks: tuple[Hook, ...] = (),
     telemetry: Telemetry | None = None,
     metrics: Metrics | None = None,
+    drain: Drain | None = None,
 ) -> Litestar:
     """The API. ``hooks`` run beside it for its lifetime (the CLI adds the worker).
 
     ``telemetry`` (default: nothing exported) and ``metrics`` (default: a registry of its
-    own) are passed in so that tests can read what the app reports.
+    own) are passed in so that tests can read what the app reports; ``drain`` is the
+    server's shutdown state (``throttler.server``; default: one that never begins).
     """
     telemetry = telemetry or Telemetry()
     metrics = metrics or Metrics()
+    lean: LeanChecks | None = None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings, telemetry, metrics)
+        services = build_services(settings, telemetry, metrics, drain)
         app.state.services = services
         app.state.metrics = metrics
         _log.info("api starting; redis %s", describe(settings))
-        await prepare(services.redis)
+        await services.gateway.prepare()
         hub_task = asyncio.create_task(services.hub.run(), name="notifications")
         with anyio.move_on_after(2):
             await services.hub.subscribed.wait()
@@ -130,13 +137,17 @@ def create_app(
             async with AsyncExitStack() as stack:
                 for hook in hooks:
                     await stack.enter_async_context(hook(services))
+                assert lean is not None
+                lean.services = services
                 yield
                 _log.info("api stopping")
         finally:
+            if lean is not None:
+                lean.services = None
             hub_task.cancel()
             with suppress(asyncio.CancelledError):
                 await hub_task
-            await services.redis.aclose()
+            await services.gateway.aclose()
             # uvicorn re-raises SIGTERM after its graceful shutdown, so no atexit hook (the
             # tracer provider's own flush) runs: export the spans still batched now.
             await anyio.to_thread.run_sync(telemetry.flush)
@@ -168,10 +179,13 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        cors_config=_cors(settings),
         openapi_config=openapi_config(),
         logging_config=None,
     )
     complete_document(app.openapi_schema)  # built once here, served as completed
-    app.asgi_handler = ObservedApp(app.asgi_handler, metrics)
+    lean = LeanChecks(ObservedApp(app.asgi_handler, metrics), settings, metrics, telemetry)
+    cors = _cors(settings)
+    # CORS goes around the lean check layer too (Litestar's own cors_config would sit inside
+    # it, and check answers would miss their CORS headers).
+    app.asgi_handler = lean if cors is None else CORSMiddleware(app=lean, config=cors)
     return app

@@ -19,11 +19,18 @@ if TYPE_CHECKING:
 
     from api.services import Services
 
-__all__ = ["WS_UNAUTHORIZED", "admin_guard", "check_guard", "notification_guard"]
+__all__ = [
+    "WS_UNAUTHORIZED",
+    "admin_guard",
+    "bearer_refusal",
+    "check_guard",
+    "notification_guard",
+]
 
 _CHALLENGE = 'Bearer realm="throttler"'
 _INVALID = 'Bearer realm="throttler", error="invalid_token"'
 _MISSING = "missing bearer token: send 'Authorization: Bearer <token>'"
+_WRONG = "invalid bearer token"
 #: The close code of a refused WebSocket: 4000 + the HTTP status, as is customary.
 WS_UNAUTHORIZED = 4401
 
@@ -37,15 +44,23 @@ def _refuse(
     raise NotAuthorizedException(message, headers={"WWW-Authenticate": challenge})
 
 
-def _require(connection: ASGIConnection[Any, Any, Any, Any], token: str | None) -> None:
+def bearer_refusal(header: str, token: str | None) -> tuple[str, str] | None:
+    """Why ``Authorization: <header>`` does not present ``token``: (message, the
+    ``WWW-Authenticate`` challenge), or None when it does (or no token is required)."""
     if token is None:
-        return
-    header = connection.headers.get("authorization", "")
+        return None
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        _refuse(connection, _MISSING, _CHALLENGE)
-    elif not hmac.compare_digest(presented.strip().encode(), token.encode()):
-        _refuse(connection, "invalid bearer token", _INVALID)
+        return _MISSING, _CHALLENGE
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        return _WRONG, _INVALID
+    return None
+
+
+def _require(connection: ASGIConnection[Any, Any, Any, Any], token: str | None) -> None:
+    refusal = bearer_refusal(connection.headers.get("authorization", ""), token)
+    if refusal is not None:
+        _refuse(connection, *refusal)
 
 
 def _services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:

@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-from litestar import Request, WebSocket, get, post, websocket
+from litestar import Request, Response, WebSocket, get, post, websocket
+from litestar.enums import MediaType
 from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.auth import admin_guard, notification_guard
+from api.drain import SHUTTING_DOWN
 from api.openapi import ADMIN, NOTIFY
 from api.tickets import TICKET_TTL_MS, issue_ticket
 from schemas.http import ErrorResponse, TicketResponse
@@ -65,6 +67,7 @@ async def notification_ticket(request: Request[Any, Any, Any]) -> TicketResponse
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid query (`validation_error`)."),
         401: ResponseSpec(ErrorResponse, description="Missing or wrong token or ticket."),
+        503: ResponseSpec(ErrorResponse, description="The server is shutting down."),
     },
     operation_id="notifications",
     summary="Limit changes as Server-Sent Events",
@@ -72,13 +75,18 @@ async def notification_ticket(request: Request[Any, Any, Any]) -> TicketResponse
 )
 async def notifications_sse(
     request: Request[Any, Any, Any], prefix: Prefix = ""
-) -> ServerSentEvent:
+) -> ServerSentEvent | Response[ErrorResponse]:
     """One `limit_changed` event per applied change to a key starting with `prefix`.
 
     Try `curl -N http://localhost:8080/notifications?prefix=free:`. A comment line is sent
-    every `SSE_KEEPALIVE_MS` (15 s) to keep proxies from closing an idle stream.
+    every `SSE_KEEPALIVE_MS` (15 s) to keep proxies from closing an idle stream. The stream
+    ends when the server begins to shut down (reconnect: another instance serves it); while
+    it drains, new streams are refused with 503 `shutting_down`.
     """
     services: Services = request.app.state.services
+    if services.drain.draining:
+        # The media type is explicit: the route's own (text/event-stream) would apply.
+        return Response(SHUTTING_DOWN, status_code=503, media_type=MediaType.JSON)
     keepalive_s = services.settings.sse_keepalive_ms / 1000
 
     async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
@@ -89,7 +97,10 @@ async def notifications_sse(
             while True:
                 note = None
                 with anyio.move_on_after(keepalive_s):
-                    note = await notes.receive()
+                    try:
+                        note = await notes.receive()
+                    except anyio.EndOfStream:  # the server is stopping
+                        return
                 if note is None:
                     yield _KEEPALIVE
                     continue
@@ -102,9 +113,13 @@ async def notifications_sse(
 
 @websocket("/notifications/ws", guards=[notification_guard])
 async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = "") -> None:
-    """The same notifications as JSON text messages on a WebSocket."""
+    """The same notifications as JSON text messages on a WebSocket.
+
+    When the server begins to shut down, the socket is closed with code 1001 (going away).
+    """
     services: Services = socket.app.state.services
     await socket.accept()
+    server_ended = False
     async with services.hub.listen(prefix) as notes, anyio.create_task_group() as tg:
 
         async def until_closed() -> None:
@@ -115,12 +130,17 @@ async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = ""
             tg.cancel_scope.cancel()
 
         tg.start_soon(until_closed)
-        # Say when listening has begun: changes from then on are delivered.
-        await socket.send_text(_encoder.encode({"type": "subscribed", "prefix": prefix}).decode())
         with suppress(WebSocketDisconnect):
-            async for note in notes:
-                await socket.send_text(_encoder.encode(note).decode())
+            if not services.drain.draining:
+                # Say when listening has begun: changes from then on are delivered.
+                subscribed = {"type": "subscribed", "prefix": prefix}
+                await socket.send_text(_encoder.encode(subscribed).decode())
+                async for note in notes:  # ends when the server begins to stop
+                    await socket.send_text(_encoder.encode(note).decode())
+            server_ended = True
         tg.cancel_scope.cancel()
+    if server_ended:
+        await socket.close(code=1001, reason="server shutting down")
 
 
 NOTIFICATION_ROUTES = [notification_ticket, notifications_sse, notifications_ws]

@@ -121,5 +121,5 @@ async def metrics_route(request: Request[Any, Any, Any]) -> Response[bytes]:
     services: Services = request.app.state.services
     metrics: Metrics = request.app.state.metrics
     with suppress(Exception):  # a scrape must not fail because Redis does
-        await record_stream_metrics(services.redis, services.keys, metrics)
+        await record_stream_metrics(services.gateway, services.keys, metrics)
     return Response(generate_latest(metrics.registry), media_type=_PROMETHEUS_TEXT)

@@ -78,7 +78,11 @@ async def health_head() -> Response[None]:
     responses={503: ResponseSpec(data_container=ReadyResponse, description=_NOT_READY)},
 )
 async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
-    """200 when Redis answers a PING within a second, else 503 (within a second)."""
+    """200 when Redis answers a PING within a second, else 503 (within a second).
+
+    From SIGTERM on, the server answers 503 `{"error": "shutting_down", ...}` instead (it
+    drains before it stops: see docs/operations.md).
+    """
     return await _readiness(request)
 
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_429_TOO_MANY_REQUESTS
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api.allow import options_route
 from api.auth import admin_guard, check_guard
 from api.bodies import blank_body_is_no_body
-from api.headers import rate_limit_headers
 from api.openapi import ADMIN, CHECK, KEY_SCHEMA
 from api.strict import OptionalBodyOperation, require_strict
-from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
+from core.errors import NotFoundError
 from core.keys import validate_key
 from schemas.http import (
     AcceptedResponse,
@@ -211,52 +209,16 @@ async def check(
 ) -> Response[CheckAllowed | CheckDenied]:
     """Spend `tokens` (default 1; 0 peeks). The body is optional.
 
-    A key with no limit uses the inline limit of the body (stored for next time), or the
-    default limit (`DEFAULT_CAPACITY`, `DEFAULT_REFILL_RATE`).
+    A key with no limit of its own uses the default limit (`DEFAULT_CAPACITY`,
+    `DEFAULT_REFILL_RATE`), or, when `INLINE_LIMITS` allows it, the inline limit of the
+    body (stored for next time, for `INLINE_LIMIT_TTL_MS` after its last use).
     """
-    validate_key(key)
-    if data is not None:
-        await require_strict(request, CheckRequest)
-    body = data or _EMPTY_CHECK
-    services = _services(request)
-    metrics = services.metrics
-    started = perf_counter()
-    try:
-        result = await services.limiter.check(key, body.tokens, body.inline_limit())
-    except LimitValidationError:
-        metrics.checks.labels("unknown", "rejected").inc()
-        raise
-    except RedisUnavailableError:
-        policy = services.settings.failure_policy
-        metrics.degraded.labels(policy).inc()
-        metrics.checks.labels(
-            "unknown", f"degraded_{'allowed' if policy == 'open' else 'denied'}"
-        ).inc()
-        if policy == "closed":
-            raise
-        # Fail open: allow, and say plainly that nothing was enforced.
-        return Response(
-            CheckAllowed(True, 0, 0, 0, enforced=False),
-            headers={"X-RateLimit-Enforced": "false"},
-        )
-    metrics.check_duration.observe(perf_counter() - started)
-    metrics.checks.labels(result.algorithm, "allowed" if result.allowed else "denied").inc()
-    headers = rate_limit_headers(result)
-    if result.allowed:
-        allowed = CheckAllowed(True, result.remaining, result.limit, result.reset_after_ms)
-        return Response(allowed, headers=headers)
-    denied = CheckDenied(
-        allowed=False,
-        remaining=result.remaining,
-        limit=result.limit,
-        retry_after_ms=result.retry_after_ms,
-        reset_after_ms=result.reset_after_ms,
-        message=f"rate limit exceeded; retry after {result.retry_after_ms} ms",
-    )
-    return Response(denied, status_code=HTTP_429_TOO_MANY_REQUESTS, headers=headers)
+    raise _ANSWERED_BEFORE_ROUTING
 
 
-_EMPTY_CHECK = CheckRequest()
+#: The check routes are declared here for the OpenAPI document; requests to them are
+#: answered by api.checks.LeanChecks before Litestar routes anything.
+_ANSWERED_BEFORE_ROUTING = RuntimeError("checks are answered by api.checks.LeanChecks")
 
 ROUTES = [
     options_route("/rate-limit/{key:str}", "GET", "POST", "DELETE"),

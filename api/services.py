@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from api.drain import Drain
 from core.metrics import Metrics
-from core.redis_client import unavailable
 from core.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from core.config_store import ConfigStore
+    from core.gateway import Gateway
     from core.keys import KeySpace
     from core.limiter import Limiter
     from core.mutations import Mutations
@@ -26,13 +25,14 @@ __all__ = ["Services"]
 class Services:
     settings: Settings
     keys: KeySpace
-    redis: Redis
+    gateway: Gateway
     limiter: Limiter
     config: ConfigStore
     hub: NotificationHub
     mutations: Mutations
     metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
+    drain: Drain = field(default_factory=Drain)
 
     async def ping(self) -> bool:
-        return bool(await unavailable(self.redis.ping, "ping"))
+        return await self.gateway.ping()

@@ -21,7 +21,7 @@ from litestar.openapi.spec import Operation, RequestBody
 if TYPE_CHECKING:
     from litestar import Request
 
-__all__ = ["OptionalBodyOperation", "require_strict"]
+__all__ = ["OptionalBodyOperation", "decode_whole_numbers", "require_strict", "validation_problem"]
 
 _json = msgspec.json.Decoder()
 
@@ -37,19 +37,33 @@ def _whole_numbers_as_ints(value: Any) -> Any:
     return value
 
 
+def decode_whole_numbers(body: bytes, body_type: Any) -> Any:
+    """``body`` as ``body_type``, strictly, but with ``10.0`` read as the integer 10.
+
+    Slower than a typed decoder: for a body a typed decoder refused with "got `float`".
+    """
+    return msgspec.convert(_whole_numbers_as_ints(_json.decode(body)), body_type, strict=True)
+
+
 async def require_strict(request: Request[Any, Any, Any], body_type: Any) -> None:
     body = await request.body()
     if not body.strip():
         return
     try:
-        msgspec.convert(_whole_numbers_as_ints(_json.decode(body)), body_type, strict=True)
+        decode_whole_numbers(body, body_type)
     except msgspec.ValidationError as exc:
-        text, _, where = str(exc).rpartition(" - at `$.")
-        field = where.rstrip("`") if where else None
-        message = text if where else str(exc)
+        field, message = validation_problem(exc)
         raise ValidationException(
             detail="invalid body", extra=[{"key": field, "message": message}]
         ) from None
+
+
+def validation_problem(exc: msgspec.ValidationError) -> tuple[str | None, str]:
+    """(the field, what is wrong with it) from msgspec's ``"... - at `$.field`"``."""
+    text, sep, where = str(exc).rpartition(" - at `$.")
+    if not sep:
+        return None, str(exc)
+    return where.rstrip("`"), text
 
 
 @dataclass

@@ -1,16 +1,11 @@
-"""``python -m bench``: run every measurement, print the table, write JSON and the docs.
+"""``make bench``: the service measured against its own ``/health``, Redis alone and the
+``limits`` library, all in one run; one table on stdout, one JSON file.
 
-Order of a run (every figure from this one run):
-
-1. a Redis for the service and a scratch Redis for the direct measurements;
-2. the service (``throttler serve --workers N``) under load from a separate process:
-   ``GET /health``, checks on one key and on random keys, batches, then one connection
-   at a time; Redis INFO before and after each phase;
-3. a second API process for config propagation, then ``throttler apply`` of 10,000 limits;
-4. a profiled server process under load (where the time goes);
-5. uvicorn against granian at one and two server processes;
-6. Redis memory per key, redis-benchmark of the check script, and the ``limits`` library
-   against our limiter in-process (on the scratch Redis).
+Processes: a ``redis-server`` (persistence off) and one ``throttler serve`` process on free
+loopback ports, loaded by ``wrk`` from a separate process (``bench/check.lua``); a second
+API process for config propagation; a scratch ``redis-server`` for memory per key; the
+in-process micro-benchmarks are ``tests/benchmarks/bench_*.py`` (pytest-benchmark). Every
+process started is stopped by its pid. The machine is shared: read ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -18,401 +13,335 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import platform
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
-from dataclasses import asdict, dataclass, field, is_dataclass
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import redis
 
-from bench import report
-from bench.config import measure_bulk_apply, measure_propagation
-from bench.load import (
-    BATCH,
-    CHECK_ONE,
-    CHECK_RANDOM,
-    HEALTH,
-    HOT_KEY,
-    LoadResult,
-    Scenario,
-    run_load,
-    wrk_path,
-)
-from bench.memory import measure_memory
-from bench.procs import (
-    ROOT,
-    ApiServer,
-    BenchError,
-    ProcessSet,
-    RedisServer,
-    http_call,
-    http_exchange,
-    interrupts_as_exceptions,
-)
-from bench.profile import analyse
-from bench.redisstats import RedisCost, quiet_snapshot
-from bench.reference import decisions_agree, measure_inprocess, redis_benchmark
+from core.config_store import ConfigStore
+from core.embedded import free_port
+from core.keys import KeySpace
+from core.limiter import Limiter
+from core.scripts import APPLY, CHECK
+from core.settings import load_settings
+from core.version import VERSION
+from schemas.limits import Limit
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Iterator
 
-__all__ = ["Options", "main"]
+__all__ = ["main"]
 
-SEQUENTIAL_CHECK = Scenario(
-    "seq_check", CHECK_RANDOM.method, CHECK_RANDOM.path, CHECK_RANDOM.body, "bench-s", 100_000
-)
-SEQUENTIAL_HEALTH = Scenario("seq_health", "GET", "/health")
-
-
-@dataclass
-class Options:
-    quick: bool
-    server_processes: int
-    server: str
-    duration: float
-    connections: int
-    tool: str
-    out: Path
-    docs: Path | None
-    keys: int
-    memory_keys: int
-    changes: int
-    bulk: int
-    rb_requests: int
-    inproc_seconds: float
-    compare: bool
-    profile: bool
+ROOT = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = Path(__file__).with_name("check.lua")
+PREFIX = "throttler"
+BATCH = 100
 
 
-@dataclass
-class Run:
-    """Everything measured; ``report`` turns it into the table, the JSON and the docs."""
-
-    options: dict[str, Any]
-    machine: dict[str, Any] = field(default_factory=dict)
-    load: dict[str, dict[str, Any]] = field(default_factory=dict)
-    propagation: dict[str, Any] = field(default_factory=dict)
-    bulk_apply: dict[str, Any] = field(default_factory=dict)
-    profile: list[dict[str, Any]] = field(default_factory=list)
-    servers: list[dict[str, Any]] = field(default_factory=list)
-    memory: list[dict[str, Any]] = field(default_factory=list)
-    redis_benchmark: list[dict[str, Any]] = field(default_factory=list)
-    inprocess: list[dict[str, Any]] = field(default_factory=list)
-    decisions_agree: dict[str, bool] = field(default_factory=dict)
-    response_headers: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+class BenchError(RuntimeError):
+    """A measurement could not be made; the message says why."""
 
 
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-class Bench:
-    def __init__(self, opts: Options) -> None:
-        self.opts = opts
-        self.procs = ProcessSet()
-        self.run = Run(options={k: str(v) for k, v in asdict(opts).items()})
-        self.redis = RedisServer(self.procs, name="redis")
-        self.scratch = RedisServer(self.procs, name="redis-scratch")
-
-    def log(self, text: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-    def section(self, name: str, step: Callable[[], None]) -> None:
-        """Run one part; an error is recorded (and the run goes on), Ctrl-C is not caught."""
-        started = time.monotonic()
+@contextmanager
+def process(
+    argv: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process for the block; SIGTERM (then SIGKILL) by its pid afterwards."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
         try:
-            step()
-        except Exception as exc:
-            self.run.errors[name] = f"{type(exc).__name__}: {exc}"
-            self.log(f"{name} FAILED: {exc}")
-            traceback.print_exc(file=sys.stderr)
-        finally:
-            self.run.seconds[name] = round(time.monotonic() - started, 1)
-
-    def load(self, scenario: Scenario, port: int, duration: float, connections: int) -> LoadResult:
-        return run_load(
-            scenario,
-            port,
-            connections=connections,
-            duration=duration,
-            tool=self.opts.tool,
-            workdir=str(self.procs.workdir),
-        )
-
-    # -- the service under load -----------------------------------------------------------
-
-    def _main_phases(self) -> None:
-        opts = self.opts
-        api = ApiServer(
-            self.procs, self.redis.url, server=opts.server, processes=opts.server_processes
-        ).start()
-        client = redis.Redis.from_url(self.redis.url)
-        try:
-            status, body = http_call(
-                api.port,
-                "POST",
-                f"/rate-limit/{HOT_KEY}",
-                b'{"requests": 1000000000, "window_ms": 1000}',
-            )
-            if status not in (200, 201):
-                raise BenchError(f"could not set the hot key's limit: {status} {body[:200]!r}")
-            for name, method, path, payload in (
-                ("health", "GET", "/health", None),
-                ("check", "POST", f"/rate-limit/{HOT_KEY}/check", b'{"tokens":1}'),
-            ):
-                self.run.response_headers[name] = len(
-                    http_exchange(api.port, method, path, payload)[2]
-                )
-            warm = 1.0 if opts.quick else 2.0
-            self.log(f"warming up {opts.server} x{opts.server_processes} ({warm:.0f} s)")
-            self.load(CHECK_RANDOM.with_keys(opts.keys), api.port, warm, opts.connections)
-            self.load(HEALTH, api.port, 1.0, opts.connections)
-            phases = [
-                (HEALTH, opts.duration, opts.connections),
-                (CHECK_ONE, opts.duration, opts.connections),
-                (CHECK_RANDOM.with_keys(opts.keys), opts.duration, opts.connections),
-                (BATCH.with_keys(opts.keys), opts.duration, opts.connections),
-                (SEQUENTIAL_CHECK.with_keys(opts.keys), opts.duration, 1),
-                (SEQUENTIAL_HEALTH, max(1.0, opts.duration / 2), 1),
-            ]
-            for scenario, duration, connections in phases:
-                self.log(f"load: {scenario.name}, {connections} connection(s), {duration:.0f} s")
-                before = quiet_snapshot(client)
-                result = self.load(scenario, api.port, duration, connections)
-                delta = quiet_snapshot(client) - before
-                entry: dict[str, Any] = {"load": result.summary()}
-                if scenario.checks_per_request:
-                    checks = round(result.checks_per_s * result.duration_s)
-                    entry["redis"] = asdict(RedisCost.of(delta, checks))
-                self.run.load[scenario.name] = entry
-                self.log(
-                    f"  {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                    f"p99 {result.p99_ms:.2f} ms, statuses {result.statuses}"
-                )
-            self.section("propagation", lambda: self._propagation(api))
-            self.section("bulk_apply", self._bulk_apply)
-        finally:
-            client.close()
-            api.stop()
-
-    def _propagation(self, api: ApiServer) -> None:
-        other = ApiServer(self.procs, self.redis.url, server=self.opts.server, name="api-b")
-        other.start()
-        try:
-            self.log(f"config propagation: {self.opts.changes} changes, A -> B")
-            result = measure_propagation(self.redis.url, api.port, other.port, self.opts.changes)
-            self.run.propagation = asdict(result)
-            self.log(f"  visible p50 {result.visible_p50_ms} ms, p99 {result.visible_p99_ms} ms")
-        finally:
-            other.stop()
-
-    def _bulk_apply(self) -> None:
-        self.log(f"bulk apply: throttler apply of {self.opts.bulk} limits --wait")
-        result = measure_bulk_apply(self.redis.url, self.opts.bulk, self.procs.workdir)
-        self.run.bulk_apply = asdict(result)
-        self.log(
-            f"  {result.wall_changes_per_s:,.0f} changes/s end to end, "
-            f"{result.pipeline_changes_per_s:,.0f}/s from stream to applied"
-        )
-
-    # -- where the time goes --------------------------------------------------------------
-
-    def _profile(self) -> None:
-        opts = self.opts
-        api = ApiServer(self.procs, self.redis.url, server="profiled", name="api-profiled")
-        api.start()
-        try:
-            assert api.managed is not None
-            out = self.procs.workdir / "api-profiled-profiles"
-            self.load(CHECK_RANDOM.with_keys(opts.keys), api.port, 1.0, opts.connections)
-            scenarios = (HEALTH, CHECK_RANDOM.with_keys(opts.keys), BATCH.with_keys(opts.keys))
-            for n, scenario in enumerate(scenarios, start=1):
-                self.log(f"profile: {scenario.name} under load, {opts.duration:.0f} s")
-                api.managed.signal(signal.SIGUSR1)
-                time.sleep(0.1)
-                result = self.load(scenario, api.port, opts.duration, opts.connections)
-                api.managed.signal(signal.SIGUSR2)
-                path = out / f"profile-{n}.prof"
-                deadline = time.monotonic() + 30
-                while not path.exists() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                analysed = analyse(path, scenario.name, result.requests)
-                entry = asdict(analysed)
-                entry["checks_per_request"] = scenario.checks_per_request
-                entry["rps_under_profiler"] = result.rps
-                self.run.profile.append(entry)
-        finally:
-            api.stop()
-
-    # -- uvicorn or granian ---------------------------------------------------------------
-
-    def _servers(self) -> None:
-        opts = self.opts
-        counts = [opts.server_processes] if opts.quick else sorted({1, 2})
-        variants = []
-        for n in counts:
-            variants += [("uvicorn", n), ("granian", n)]
-            if n > 1:
-                variants.append(("uvicorn-nodelay", n))
-        for server, n in variants:
-            self.log(f"server comparison: {server} x{n}")
-            api = ApiServer(self.procs, self.redis.url, server=server, processes=n, name=server)
-            api.start()
-            try:
-                scenario = CHECK_RANDOM.with_keys(opts.keys)
-                self.load(scenario, api.port, 1.0, opts.connections)
-                health = self.load(HEALTH, api.port, opts.duration, opts.connections)
-                check = self.load(scenario, api.port, opts.duration, opts.connections)
-            finally:
-                api.stop()
-            self.run.servers.append(
-                {
-                    "server": server,
-                    "processes": n,
-                    "health": health.summary(),
-                    "check": check.summary(),
-                }
-            )
-            self.log(
-                f"  health {health.rps:,.0f} req/s; check {check.checks_per_s:,.0f}/s, "
-                f"p99 {check.p99_ms:.1f} ms"
-            )
-
-    # -- direct measurements on the scratch Redis -----------------------------------------
-
-    def _memory(self) -> None:
-        self.log(f"memory: {self.opts.memory_keys:,} keys per algorithm")
-        self.run.memory = [
-            asdict(m) for m in measure_memory(self.scratch.url, self.opts.memory_keys)
-        ]
-
-    def _redis_benchmark(self) -> None:
-        self.log(f"redis-benchmark: EVALSHA of the check script, {self.opts.rb_requests:,} calls")
-        rows = redis_benchmark(self.scratch.port, self.opts.rb_requests)
-        self.run.redis_benchmark = [asdict(r) for r in rows]
-
-    def _inprocess(self) -> None:
-        self.log("in-process: limits library against Limiter.check")
-        self.run.decisions_agree = decisions_agree(self.scratch.url)
-        rows = measure_inprocess(self.scratch.url, self.opts.inproc_seconds)
-        self.run.inprocess = [asdict(r) for r in rows]
-
-    # -- the whole run --------------------------------------------------------------------
-
-    def execute(self) -> Run:
-        self.run.machine = report.machine(self.opts.tool)
-        self.redis.start()
-        self.scratch.start()
-        self.run.machine["redis_version"] = report.redis_version(self.redis.url)
-        self.section("service", self._main_phases)
-        if self.opts.profile:
-            self.section("profile", self._profile)
-        if self.opts.compare:
-            self.section("servers", self._servers)
-        self.section("memory", self._memory)
-        self.section("redis_benchmark", self._redis_benchmark)
-        self.section("inprocess", self._inprocess)
-        self.run.machine["load_average_end"] = report.load_average()
-        return self.run
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
-def _options(argv: list[str] | None) -> Options:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="Benchmark Throttler on loopback: starts its own Redis and API processes, "
-        "drives load from a separate process, prints a table, writes a JSON file and "
-        "docs/performance.md.",
+def redis_server(stack: ExitStack) -> int:
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    stack.enter_context(process([*argv, "--appendonly", "no"]))
+    client = redis.Redis(port=port)
+    _until(lambda: _pings(client), "redis-server answering")
+    client.close()
+    return port
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def serve(stack: ExitStack, redis_port: int, *args: str) -> str:
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "BIND_ADDRESS": f"127.0.0.1:{port}",
+        "KEY_PREFIX": PREFIX,
+        "LOG_LEVEL": "warning",
+        "WORKER_METRICS_PORT": "0",
+        "WORKER_BLOCK_MS": "100",
+        "SHUTDOWN_DRAIN_MS": "0",  # nothing to drain: the benchmark stops it when done
+    }
+    stack.enter_context(process([sys.executable, "-m", "throttler", "serve", *args], env))
+    url = f"http://127.0.0.1:{port}"
+    _until(lambda: _healthy(url), f"throttler serve at {url}")
+    return url
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _until(condition: Any, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wrk(url: str, mode: str, *, connections: int, seconds: float) -> dict[str, Any]:
+    """One wrk phase: requests/s, latency percentiles (ms) and the statuses seen."""
+    path = url + ("/health" if mode == "get" else "/")
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(WRK_SCRIPT), path]
+    env = {**os.environ, "BENCH_MODE": mode, "BENCH_BATCH": str(BATCH)}
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
-    parser.add_argument("--quick", action="store_true", help="about a minute: shorter phases")
-    parser.add_argument(
-        "--server-processes", type=int, default=1, metavar="N",
-        help="API server processes (throttler serve --workers N; default 1)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--server", choices=("uvicorn", "granian", "uvicorn-nodelay"), default="uvicorn",
-        help="what serves the main phases: uvicorn = `throttler serve` (default)",
-    )  # fmt: skip
-    parser.add_argument("--duration", type=float, metavar="S", help="seconds per load phase")
-    parser.add_argument("--connections", type=int, default=32, metavar="C")
-    parser.add_argument(
-        "--loadgen", choices=("auto", "wrk", "python"), default="auto",
-        help="load tool: wrk when installed (auto), else bench/loadgen.py",
-    )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
-    docs = parser.add_mutually_exclusive_group()
-    docs.add_argument("--write-docs", action="store_true", help="rewrite docs (also --quick)")
-    docs.add_argument("--no-docs", action="store_true", help="leave docs/performance.md alone")
-    parser.add_argument("--no-compare", action="store_true", help="skip uvicorn vs granian")
-    parser.add_argument("--no-profile", action="store_true", help="skip the profile")
-    args = parser.parse_args(argv)
-    quick = bool(args.quick)
-    tool = args.loadgen
-    if tool == "auto":
-        tool = "wrk" if wrk_path() else "python"
-    elif tool == "wrk" and not wrk_path():
-        parser.error("wrk is not installed")
-    duration = args.duration or (2.0 if quick else 5.0)
-    write_docs = args.write_docs or (not quick and not args.no_docs)
-    return Options(
-        quick=quick,
-        server_processes=max(1, args.server_processes),
-        server=args.server,
-        duration=min(max(duration, 1.0), 120.0),
-        connections=max(1, min(args.connections, 1024)),
-        tool=tool,
-        out=args.out,
-        docs=ROOT / "docs" / "performance.md" if write_docs else None,
-        keys=100_000,
-        memory_keys=20_000 if quick else 100_000,
-        changes=50 if quick else 200,
-        bulk=10_000,
-        rb_requests=20_000 if quick else 100_000,
-        inproc_seconds=1.0 if quick else 2.0,
-        compare=not args.no_compare,
-        profile=not args.no_profile,
-    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed: {done.stdout}{done.stderr}")
+    raw = json.loads(line[6:])
+    bad = {s: n for s, n in raw["statuses"].items() if s != "200"}
+    if bad or raw["errors"]:
+        raise BenchError(f"{mode}: unexpected answers {bad}, {raw['errors']} socket errors")
+    per_request = BATCH if mode == "batch" else 1
+    return {
+        "rps": round(raw["requests"] / raw["seconds"], 1),
+        "checks_per_s": round(raw["requests"] * per_request / raw["seconds"], 1),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+    }
+
+
+def service_phases(url: str, seconds: float, rounds: int) -> dict[str, Any]:
+    """/health and checks alternately, ``rounds`` times each (medians), then batches and
+    one connection at a time."""
+    wrk(url, "single", connections=32, seconds=min(seconds, 2))  # warm-up: scripts, pools
+    health, single, seq_health, seq_check = [], [], [], []
+    for _ in range(rounds):
+        health.append(wrk(url, "get", connections=32, seconds=seconds))
+        single.append(wrk(url, "single", connections=32, seconds=seconds))
+        seq_health.append(wrk(url, "get", connections=1, seconds=seconds))
+        seq_check.append(wrk(url, "single", connections=1, seconds=seconds))
+    batch = wrk(url, "batch", connections=32, seconds=seconds)
+
+    def median(runs: list[dict[str, Any]], field: str) -> float:
+        return round(float(statistics.median(r[field] for r in runs)), 3)
+
+    return {
+        "health_rps": median(health, "rps"),
+        "check_rps": median(single, "rps"),
+        "seq_health_p50_ms": median(seq_health, "p50_ms"),
+        "seq_check_p50_ms": median(seq_check, "p50_ms"),
+        "seq_check_p99_ms": median(seq_check, "p99_ms"),
+        "batch_checks_per_s": batch["checks_per_s"],
+        "runs": {"health": health, "check": single, "seq_health": seq_health,
+                 "seq_check": seq_check, "batch": batch},
+    }  # fmt: skip
+
+
+def _limiter() -> Limiter:
+    """Builds script arguments only (core's own contract; no gateway needed)."""
+    settings = load_settings({}, env_file=None)
+    requests, window_ms = settings.default_limit_rate
+    default = Limit(requests, window_ms, burst=settings.default_capacity)
+    return Limiter(None, KeySpace(PREFIX), default)  # type: ignore[arg-type]
+
+
+def redis_benchmark(port: int, seconds: float) -> float:
+    """EVALSHA of the check script on random keys (the default limit), pipelined as the
+    batch phase sends it (32 clients, 100 calls deep): Redis's own checks/s."""
+    names, args = _limiter().script_args("bench:__rand_int__", 1)
+    client = redis.Redis(port=port)
+    client.script_load(CHECK.source)
+    client.close()
+    requests = int(60_000 * seconds)
+    argv = ["redis-benchmark", "-p", str(port), "-c", "32", "-P", str(BATCH), "-r", "100000"]
+    argv += ["-n", str(requests), "--csv", "EVALSHA", CHECK.sha, "2", *names, *map(str, args)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    rows = [r for r in done.stdout.splitlines() if r.startswith('"EVALSHA')]
+    if done.returncode != 0 or not rows:
+        raise BenchError(f"redis-benchmark failed: {done.stdout}{done.stderr}")
+    rate: str = rows[-1].split(",")[1].strip('"')
+    return float(rate)
+
+
+def memory_per_key(port: int, keys: int) -> dict[str, float]:
+    """Redis ``used_memory`` growth per active key: on the default limit (state only), and
+    with a limit of its own (set through the apply script, then checked once)."""
+    client = redis.Redis(port=port)
+    limiter, store = _limiter(), ConfigStore(None, KeySpace(PREFIX), 1000)  # type: ignore[arg-type]
+    own = Limit(requests=100, window_ms=2_678_400_000)  # 100 per 31 days: nothing expires
+    out = {}
+    for shape in ("default_limit", "own_limit"):
+        client.flushall(asynchronous=False)
+        client.script_load(CHECK.source)
+        client.script_load(APPLY.source)
+        client.memory_purge()
+        before = int(client.info("memory")["used_memory"])
+        for start in range(0, keys, 1000):
+            pipe = client.pipeline(transaction=False)
+            for i in range(start, min(start + 1000, keys)):
+                key = f"user:{i}"
+                if shape == "own_limit":
+                    names, args = store.script_args(key, own, f"1-{i}")
+                    pipe.evalsha(APPLY.sha, len(names), *names, *args)
+                names, args = limiter.script_args(key, 1)
+                pipe.evalsha(CHECK.sha, len(names), *names, *args)
+            pipe.execute()
+        out[shape] = round((int(client.info("memory")["used_memory"]) - before) / keys, 1)
+    client.close()
+    return out
+
+
+def propagation(a: str, b: str, changes: int) -> dict[str, float]:
+    """A new limit POSTed to process A, seen by a check on process B: ms, p50 and p99."""
+    took = []
+    with httpx.Client(timeout=10) as http:
+        for i in range(changes):
+            requests = 1000 + i
+            began = time.perf_counter()
+            posted = http.post(
+                f"{a}/rate-limit/prop", json={"requests": requests, "window_ms": 60_000}
+            )
+            if posted.status_code not in (200, 201):
+                raise BenchError(f"propagation: POST answered {posted.status_code}")
+            while True:
+                seen = http.post(f"{b}/rate-limit/prop/check", json={"tokens": 0}).json()
+                if seen.get("limit") == requests:
+                    break
+                if time.perf_counter() - began > 5:
+                    raise BenchError("propagation: change not seen on B within 5 s")
+            took.append((time.perf_counter() - began) * 1000)
+    took.sort()
+    return {
+        "p50_ms": round(took[len(took) // 2], 2),
+        "p99_ms": round(took[int(len(took) * 0.99)], 2),
+    }
+
+
+def in_process(out_dir: Path) -> dict[str, float]:
+    """tests/benchmarks (pytest-benchmark): checks/s of each benchmark, by its name."""
+    report = out_dir / "pytest-benchmark.json"
+    argv = [sys.executable, "-m", "pytest", "-q", "-o", "python_files=bench_*.py"]
+    argv += ["-p", "no:cacheprovider", f"--benchmark-json={report}", "tests/benchmarks"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"tests/benchmarks failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    data = json.loads(report.read_text())
+    return {
+        b["name"]: round(b["extra_info"]["calls"] / b["stats"]["median"], 1)
+        for b in data["benchmarks"]
+    }
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, float, bool]]:
+    """(target, goal, measured, met) for every target of the lean check path issue."""
+    s, ip, mem = r["service"], r["in_process"], r["memory_bytes_per_key"]
+    sequential = s["seq_check_p50_ms"] / s["seq_health_p50_ms"]
+    batch = s["batch_checks_per_s"] / r["redis_benchmark_checks_per_s"]
+    rows = [
+        ("checks/s on random keys / /health req/s", ">= 1.0", s["check_rps"] / s["health_rps"]),
+        ("sequential check p50 / /health p50", "<= 2.0", sequential),
+        ("batch checks/s / redis-benchmark EVALSHA", ">= 0.8", batch),
+    ]
+    for ours, theirs in (("fixed_window", "FixedWindow"), ("sliding_window", "MovingWindow")):
+        mine, other = (
+            ip.get(f"test_throttler_64_tasks[{ours}]"),
+            ip.get(f"test_limits_64_tasks[{theirs}]"),
+        )
+        if mine and other:
+            rows.append((f"in-process 64 tasks, {ours} / limits {theirs}", ">= 3.0", mine / other))
+    rows += [
+        ("bytes per key, default limit", "<= 128", mem["default_limit"]),
+        ("bytes per key, limit of its own", "<= 200", mem["own_limit"]),
+        ("config propagation p99 (ms)", "<= 10", r["propagation"]["p99_ms"]),
+    ]
+    out = []
+    for name, goal, value in rows:
+        op, bound = goal.split()
+        met = value >= float(bound) if op == ">=" else value <= float(bound)
+        out.append((name, goal, round(value, 3), met))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = _options(argv)
-    os.chdir(ROOT)
-    bench = Bench(opts)
-    started = time.monotonic()
-    print(f"bench: work directory {bench.procs.workdir}; load tool {opts.tool}", flush=True)
-    try:
-        with interrupts_as_exceptions():
-            result = bench.execute()
-    except KeyboardInterrupt:
-        print("\nbench: interrupted; stopping everything it started", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        # A second Ctrl-C must not cut the cleanup short.
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            bench.procs.cleanup()
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-    result.seconds["total"] = round(time.monotonic() - started, 1)
-    data = report.evaluate(result)
-    print(report.table(data))
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
-    print(f"bench: results in {opts.out}")
-    if opts.docs is not None:
-        opts.docs.write_text(report.markdown(data))
-        print(f"bench: wrote {opts.docs}")
-    if result.errors:
-        print(f"bench: {len(result.errors)} part(s) failed: {', '.join(result.errors)}")
-        return 1
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load phase (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of /health and checks")
+    parser.add_argument("--keys", type=int, default=100_000, help="keys for memory per key")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    args = parser.parse_args(argv)
+    for tool in ("wrk", "redis-server", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} not found (apt-get install wrk redis-server)")
+    started = time.time()
+    results: dict[str, Any] = {
+        "version": VERSION,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                 capture_output=True, text=True, check=False).stdout.strip(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}",
+        "load_average_start": os.getloadavg()[0],
+    }  # fmt: skip
+    with ExitStack() as stack:
+        port = redis_server(stack)
+        a = serve(stack, port)
+        results["redis"] = redis.Redis(port=port).info("server")["redis_version"]
+        results["service"] = service_phases(a, args.seconds, args.rounds)
+        results["redis_benchmark_checks_per_s"] = redis_benchmark(port, args.seconds)
+        b = serve(stack, port, "--no-worker")
+        results["propagation"] = propagation(a, b, 200)
+    with ExitStack() as stack:
+        results["memory_bytes_per_key"] = memory_per_key(redis_server(stack), args.keys)
+    with tempfile.TemporaryDirectory() as tmp:
+        results["in_process"] = in_process(Path(tmp))
+    results["targets"] = [dict(zip(("target", "goal", "measured", "met"), t, strict=True))
+                          for t in targets(results)]  # fmt: skip
+    results["load_average_end"] = os.getloadavg()[0]
+    results["seconds"] = round(time.time() - started, 1)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{'target':<52} {'goal':>8} {'measured':>10}")
+    for row in results["targets"]:
+        mark = "met" if row["met"] else "MISSED"
+        print(f"{row['target']:<52} {row['goal']:>8} {row['measured']:>10}  {mark}")
+    s = results["service"]
+    redis_rate = results["redis_benchmark_checks_per_s"]
+    print(
+        f"\n/health {s['health_rps']:,.0f} req/s, checks {s['check_rps']:,.0f}/s, batch "
+        f"{s['batch_checks_per_s']:,.0f} checks/s, redis-benchmark {redis_rate:,.0f}/s"
+    )
+    print(f"in-process calls/s: {results['in_process']}")
+    print(f"written {args.out}")
     return 0

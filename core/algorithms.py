@@ -28,7 +28,9 @@ __all__ = [
 MICRO = 1_000_000
 
 TokenBucketState = tuple[int, int]  # (micro-tokens, credited-up-to time in us)
-SlidingWindowState = tuple[int, ...]  # admission times (us), oldest first, one per token
+SlidingWindowState = tuple[tuple[int, int], ...]  # (time us, tokens) per admitted check
+#: entries a write drops at most from the sliding-window log (sliding_window.lua: PRUNE)
+SLIDING_PRUNE = 64
 FixedWindowState = tuple[int, int]  # (window number, tokens spent in it)
 
 
@@ -119,20 +121,30 @@ def gcra(
 def sliding_window(
     state: SlidingWindowState | None, n: int, now: int, requests: int, window_us: int
 ) -> tuple[Decision, SlidingWindowState | None]:
+    """An exact log with one entry per admitted check, carrying its tokens. Only a check
+    that spends writes: it drops at most SLIDING_PRUNE entries that left the window."""
     log = list(state or ())
-    if log and log[-1] > now:
-        now = log[-1]  # never let the log run backwards
-    log = [t for t in log if t > now - window_us]
-    count = len(log)
+    if log and log[-1][0] > now:
+        now = log[-1][0]  # never let the log run backwards
+    cutoff = now - window_us
+    inside = [(t, k) for t, k in log if t > cutoff]
+    count = sum(k for _, k in inside)
     allowed = count + n <= requests
     retry = 0
     if allowed:
         if n > 0:
-            log.extend([now] * n)
+            gone = sum(1 for t, _ in log if t <= cutoff)
+            log = [*log[min(gone, SLIDING_PRUNE) :], (now, n)]
+            inside.append((now, n))
             count += n
     else:
-        retry = log[count + n - requests - 1] + window_us - now
-    reset = log[-1] + window_us - now if count > 0 else 0
+        must_leave, left = count + n - requests, 0
+        for t, k in inside:  # the oldest entry whose leaving frees enough
+            left += k
+            if left >= must_leave:
+                retry = t + window_us - now
+                break
+    reset = inside[-1][0] + window_us - now if count > 0 else 0
     return Decision(allowed, requests, requests - count, reset, retry), (tuple(log) or None)
 
 

@@ -53,12 +53,17 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._opened_at is not None
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
+        """Raise RedisUnavailableError while open; half-open, let one probe through."""
         if self._opened_at is None:
             return
         if self._probing or self._clock() - self._opened_at < self._cooldown:
             raise RedisUnavailableError("circuit open: Redis failed repeatedly; not calling it")
         self._probing = True  # half-open: this call is the probe
+
+    def abandon(self) -> None:
+        """A call let through ended without a verdict (cancelled): another may probe."""
+        self._probing = False
 
     def success(self) -> None:
         self._failures = 0
@@ -78,14 +83,14 @@ class CircuitBreaker:
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` unless the circuit is open; RedisUnavailableError counts as failure."""
-        self._admit()
+        self.admit()
         try:
             result = await fn()
         except RedisUnavailableError:
             self.failure()
             raise
         except BaseException:
-            self._probing = False  # cancelled or a bug: not a verdict on Redis
+            self.abandon()  # cancelled or a bug: not a verdict on Redis
             raise
         self.success()
         return result

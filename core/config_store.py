@@ -1,8 +1,8 @@
 """The writer of limits: every create, replace and delete goes through :meth:`apply`.
 
-The one other write is a check that carries an inline limit for a key that has none
-(``decide.lua``): it stores that limit at no stream version, so any published change
-supersedes it; it is not audited or announced (docs/streams.md).
+The one other write is a check that carries an inline limit for a key that has none (when
+``INLINE_LIMITS`` allows it; ``decide.lua``): stored at no stream version, with a TTL, so any
+published change supersedes it; it is not audited or announced (docs/streams.md).
 
 Apply is one script call, idempotent and ordered by a version (the config stream entry id):
 a change older than what the key holds is skipped as ``stale``.
@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from core.redis_client import unavailable
-from core.scripts import APPLY
-from schemas.limits import Limit
+from core.errors import RedisUnavailableError
+from core.gateway import text
+from core.scripts import APPLY, decode_limits, encode_limits
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from core.gateway import Gateway
     from core.keys import KeySpace
+    from schemas.limits import Limit
 
 __all__ = ["ApplyResult", "ConfigStore", "Outcome"]
 
@@ -43,23 +43,20 @@ class ApplyResult:
 class ConfigStore:
     """Reads and writes limits; :meth:`apply` writes every published change."""
 
-    __slots__ = ("_keys", "_redis", "_tombstone_ms")
+    __slots__ = ("_gateway", "_keys", "_tombstone_ms")
 
-    def __init__(self, redis: Redis, keys: KeySpace, tombstone_ttl_ms: int) -> None:
-        self._redis = redis
+    def __init__(self, gateway: Gateway, keys: KeySpace, tombstone_ttl_ms: int) -> None:
+        self._gateway = gateway
         self._keys = keys
         self._tombstone_ms = tombstone_ttl_ms
 
-    def _script_args(
+    def script_args(
         self, key: str, limit: Limit | None, version: str, now_us: int | None = None
     ) -> tuple[list[str], list[str | int]]:
-        if limit is None:
-            args: list[str | int] = ["del", version, "", "", "", ""]
-        else:
-            burst = limit.burst if limit.burst is not None else ""
-            args = ["set", version, limit.algorithm, limit.requests, limit.window_ms, burst]
-        args += [self._tombstone_ms, "" if now_us is None else now_us]
-        return [self._keys.config(key), self._keys.state(key)], args
+        op, limits = ("del", "") if limit is None else ("set", encode_limits((limit,)))
+        args: list[str | int] = [op, version, limits, self._tombstone_ms]
+        args.append("" if now_us is None else now_us)
+        return self._keys.script_keys(key), args
 
     async def apply(
         self, key: str, limit: Limit | None, version: str = "", *, now_us: int | None = None
@@ -68,60 +65,39 @@ class ConfigStore:
 
         ``now_us`` overrides the server clock (only tests pass it).
         """
-        keys, args = self._script_args(key, limit, version, now_us)
-        reply = await unavailable(lambda: APPLY(self._redis, keys, args), "apply")
-        return _result(reply)
+        keys, args = self.script_args(key, limit, version, now_us)
+        return _result(await self._gateway.run(APPLY, keys, args))
 
     async def apply_many(
         self, changes: list[tuple[str, Limit | None, str]]
     ) -> list[ApplyResult | Exception]:
         """Apply ``(key, limit or None, version)`` changes in order, in one round trip.
 
-        Each change succeeds or fails on its own; a failure is returned, not raised.
+        Each change succeeds or fails on its own; a failure is returned, not raised, except
+        Redis being unavailable (RedisUnavailableError: nothing can be said of the batch).
         """
-        calls = [self._script_args(key, limit, version) for key, limit, version in changes]
-        replies = await unavailable(lambda: APPLY.run_many(self._redis, calls), "apply")
+        calls = [self.script_args(key, limit, version) for key, limit, version in changes]
+        replies = await self._gateway.run_many(APPLY, calls)
+        for reply in replies:
+            if isinstance(reply, RedisUnavailableError):
+                raise reply
         return [r if isinstance(r, Exception) else _result(r) for r in replies]
 
     async def get(self, key: str) -> Limit | None:
-        """The stored limit of ``key``, or None."""
-        cfg = self._keys.config(key)
-        raw = await unavailable(
-            lambda: self._redis.hmget(cfg, ["alg", "req", "win", "burst", "del"]), "get"
-        )
-        alg, req, win, burst, deleted = (_text(v) for v in raw)
-        if not alg or deleted == "1":
-            return None
-        return Limit(
-            requests=int(req),
-            window_ms=int(win),
-            algorithm=alg,  # type: ignore[arg-type]
-            burst=int(burst) if burst else None,
-        )
+        """The configured limit of ``key``, or None."""
+        raw = await self._gateway.call("get", self._gateway.client.hget, self._keys.limit(key), "c")
+        own = text(raw)
+        return decode_limits(own)[0] if own else None
 
     async def version(self, key: str) -> str:
         """The stream entry id of the last change applied to ``key`` ("" if none)."""
-        cfg = self._keys.config(key)
-        raw = await unavailable(lambda: self._redis.hget(cfg, "ver"), "version")
-        return _text(raw)
-
-
-def _result(reply: list[bytes]) -> ApplyResult:
-    outcome, alg, req, win, burst, ver = (_text(v) for v in reply)
-    before = None
-    if alg:
-        before = Limit(
-            requests=int(req),
-            window_ms=int(win),
-            algorithm=alg,  # type: ignore[arg-type]
-            burst=int(burst) if burst else None,
+        raw = await self._gateway.call(
+            "version", self._gateway.client.hget, self._keys.limit(key), "v"
         )
-    return ApplyResult(outcome, before, ver)  # type: ignore[arg-type]
+        return text(raw)
 
 
-def _text(value: bytes | str | int | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
+def _result(reply: list[str]) -> ApplyResult:
+    outcome, before, version = reply
+    limit = decode_limits(before)[0] if before else None
+    return ApplyResult(outcome, limit, version)  # type: ignore[arg-type]

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from core.redis_client import unavailable
+from core.gateway import text
 from core.streams import EVENT_FIELD
 from schemas.events import DeadLetter, DeadLetterEntry
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from core.gateway import Gateway
     from core.keys import KeySpace
 
 __all__ = ["Replayed", "list_dead_letters", "replay_dead_letters"]
@@ -36,20 +35,16 @@ class Replayed(msgspec.Struct):
     new_id: str
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def list_dead_letters(
-    redis: Redis, keys: KeySpace, count: int = 100
+    gateway: Gateway, keys: KeySpace, count: int = 100
 ) -> list[DeadLetterEntry]:
     """The oldest ``count`` dead letters with their ids in the dead-letter stream."""
-    rows: Any = await unavailable(lambda: redis.xrange(keys.dead_stream, count=count), "dead")
-    return [DeadLetterEntry(_text(i), _decoder.decode(f[EVENT_FIELD.encode()])) for i, f in rows]
+    rows: Any = await gateway.call("dead", gateway.client.xrange, keys.dead_stream, count=count)
+    return [DeadLetterEntry(text(i), _decoder.decode(f[EVENT_FIELD.encode()])) for i, f in rows]
 
 
 async def replay_dead_letters(
-    redis: Redis, keys: KeySpace, ids: list[str] | None, maxlen: int
+    gateway: Gateway, keys: KeySpace, ids: list[str] | None, maxlen: int
 ) -> tuple[list[Replayed], list[str]]:
     """Publish dead letters again as new config entries and remove them from the dead stream.
 
@@ -57,29 +52,31 @@ async def replay_dead_letters(
     over anything published meanwhile: replay only what should still win. Returns what
     was replayed and the ids that were not found.
     """
+    redis = gateway.client
     rows: Any
     if ids is None:
-        rows = await unavailable(lambda: redis.xrange(keys.dead_stream), "dead")
+        rows = await gateway.call("dead", redis.xrange, keys.dead_stream)
     else:
         rows = []
         # Only whole entry ids reach XRANGE: it would refuse "abc" and read a bare
         # millisecond as every entry of that millisecond.
         for entry_id in filter(_is_entry_id, ids):
-            rows += await unavailable(
-                lambda e=entry_id: redis.xrange(keys.dead_stream, min=e, max=e),  # type: ignore[misc]
-                "dead",
+            rows += await gateway.call(
+                "dead", redis.xrange, keys.dead_stream, min=entry_id, max=entry_id
             )
-    found = {_text(r[0]) for r in rows}
+    found = {text(r[0]) for r in rows}
     missing = [i for i in (ids or []) if i not in found]
     done = []
     for raw_id, fields in rows:
         letter = _decoder.decode(fields[EVENT_FIELD.encode()])
-        new_id: Any = await unavailable(
-            lambda f=letter.fields: redis.xadd(  # type: ignore[misc]
-                keys.config_stream, dict(f), maxlen=maxlen, approximate=True
-            ),
+        new_id: Any = await gateway.call(
             "publish",
+            redis.xadd,
+            keys.config_stream,
+            dict(letter.fields),
+            maxlen=maxlen,
+            approximate=True,
         )
-        await unavailable(lambda r=raw_id: redis.xdel(keys.dead_stream, r), "dead")  # type: ignore[misc]
-        done.append(Replayed(_text(raw_id), letter.config_id, _text(new_id)))
+        await gateway.call("dead", redis.xdel, keys.dead_stream, raw_id)
+        done.append(Replayed(text(raw_id), letter.config_id, text(new_id)))
     return done, missing

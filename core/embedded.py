@@ -70,8 +70,11 @@ class EmbeddedRedis:
             "--dir", self._dir.name,
             "--protected-mode", "yes",
         ]  # fmt: skip
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground process
+        # group, and the server must outlive the service that still uses it (the service
+        # stops it last, after its worker).
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -12,7 +12,10 @@ import re
 from core.errors import InvalidKeyError
 from schemas.limits import KEY_PATTERN
 
-__all__ = ["KEY_PATTERN", "KeySpace", "validate_key"]
+__all__ = ["APPLIERS", "AUDITORS", "KEY_PATTERN", "KeySpace", "validate_key"]
+
+APPLIERS = "appliers"  #: the consumer group that applies config entries
+AUDITORS = "audit"  #: the consumer group that traces and logs audit entries
 
 _KEY_RE = re.compile(KEY_PATTERN)
 
@@ -38,8 +41,8 @@ class KeySpace:
     """Key and channel names under one prefix (``KEY_PREFIX``)."""
 
     __slots__ = (
-        "_cfg_fmt",
-        "_st_fmt",
+        "_limit_fmt",
+        "_log_fmt",
         "audit_stream",
         "config_stream",
         "dead_stream",
@@ -50,8 +53,8 @@ class KeySpace:
 
     def __init__(self, prefix: str = "throttler") -> None:
         self.prefix = prefix
-        self._cfg_fmt = prefix + ":{%s}:cfg"
-        self._st_fmt = prefix + ":{%s}:st"
+        self._limit_fmt = prefix + ":{%s}"
+        self._log_fmt = prefix + ":{%s}:l"
         # The three streams share the hash tag {<prefix>}: one script acks a config entry
         # and records its outcome atomically, so they must live in one cluster slot.
         self.config_stream = f"{{{prefix}}}:config"
@@ -60,13 +63,18 @@ class KeySpace:
         self.heartbeat_prefix = f"{prefix}:worker:"
         self.notify_channel = f"{prefix}:limits"
 
-    def config(self, key: str) -> str:
-        """The hash holding a key's limit (algorithm, requests, window_ms, burst, version)."""
-        return self._cfg_fmt % key
+    def limit(self, key: str) -> str:
+        """The hash of a key: its own limits and version, and the state of every limit it is
+        checked under (fields in core/lua/prelude.lua)."""
+        return self._limit_fmt % key
 
-    def state(self, key: str) -> str:
-        """The algorithm state of a key (string, or sorted set for the sliding window)."""
-        return self._st_fmt % key
+    def log(self, key: str) -> str:
+        """The sorted set logging a key's admitted checks, for its sliding-window limits."""
+        return self._log_fmt % key
+
+    def script_keys(self, key: str) -> list[str]:
+        """KEYS of the check and apply scripts for one key (one hash slot)."""
+        return [self._limit_fmt % key, self._log_fmt % key]
 
     def heartbeat(self, group: str, consumer: str) -> str:
         return f"{self.heartbeat_prefix}{group}:{consumer}"

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from core.gateway import text
+from core.keys import APPLIERS, AUDITORS
 
+if TYPE_CHECKING:
+    from core.gateway import Gateway
     from core.keys import KeySpace
 
 __all__ = ["Metrics", "record_stream_metrics"]
@@ -109,17 +111,15 @@ class Metrics:
         )
 
 
-async def record_stream_metrics(redis: Redis, keys: KeySpace, metrics: Metrics) -> None:
+async def record_stream_metrics(gateway: Gateway, keys: KeySpace, metrics: Metrics) -> None:
     """Read stream length, pending, lag and dead letters from Redis into ``metrics``."""
-    from core.streams import APPLIERS, AUDITORS  # noqa: PLC0415 - avoid an import cycle
-
+    redis = gateway.client
     for stream, group in ((keys.config_stream, APPLIERS), (keys.audit_stream, AUDITORS)):
-        metrics.stream_length.labels(stream).set(await redis.xlen(stream))
-        groups: Any = await redis.xinfo_groups(stream)
+        metrics.stream_length.labels(stream).set(await gateway.call("xlen", redis.xlen, stream))
+        groups: Any = await gateway.call("xinfo", redis.xinfo_groups, stream)
         for info in groups:
-            name = info["name"]
-            if (name.decode() if isinstance(name, bytes) else name) == group:
+            if text(info["name"]) == group:
                 metrics.stream_pending.labels(stream, group).set(int(info["pending"]))
                 if info.get("lag") is not None:
                     metrics.stream_lag.labels(stream, group).set(int(info["lag"]))
-    metrics.dead_letters.set(await redis.xlen(keys.dead_stream))
+    metrics.dead_letters.set(await gateway.call("xlen", redis.xlen, keys.dead_stream))

@@ -15,8 +15,7 @@ from core.telemetry import Telemetry, current_traceparent
 from schemas.events import DeleteLimit, LimitChanged, SetLimit
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from core.gateway import Gateway
     from core.keys import KeySpace
     from core.notifications import NotificationHub
     from schemas.limits import Limit
@@ -35,7 +34,7 @@ class Submitted:
 class Mutations:
     def __init__(
         self,
-        redis: Redis,
+        gateway: Gateway,
         keys: KeySpace,
         hub: NotificationHub,
         *,
@@ -43,7 +42,7 @@ class Mutations:
         maxlen: int,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self._redis = redis
+        self._gateway = gateway
         self._keys = keys
         self._hub = hub
         self._wait_s = wait_ms / 1000
@@ -80,7 +79,7 @@ class Mutations:
             event = DeleteLimit(**common) if limit is None else SetLimit(**common, limit=limit)  # type: ignore[arg-type]
             future = self._hub.expect(request_id)
             try:
-                event_id = await publish(self._redis, self._keys, event, self._maxlen)
+                event_id = await publish(self._gateway, self._keys, event, self._maxlen)
                 span.set_attribute("messaging.message.id", event_id)
                 outcome = None
                 with anyio.move_on_after(self._wait_s):

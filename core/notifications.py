@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 
+from core.gateway import is_unavailable
 from core.outage import Outage
-from core.redis_client import UNAVAILABLE_ERRORS, is_cluster
 from schemas.events import LimitChanged
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-    from redis.asyncio import Redis
+
+    from core.gateway import Gateway
 
 __all__ = ["NotificationHub"]
 
@@ -32,12 +33,13 @@ _decoder = msgspec.json.Decoder(LimitChanged)
 
 
 class NotificationHub:
-    def __init__(self, redis: Redis, channel: str, buffer: int = 256) -> None:
-        self._redis = redis
+    def __init__(self, gateway: Gateway, channel: str, buffer: int = 256) -> None:
+        self._gateway = gateway
         self.channel = channel
         self._buffer = buffer
         self._waiters: dict[str, asyncio.Future[LimitChanged]] = {}
         self._listeners: dict[MemoryObjectSendStream[LimitChanged], str] = {}
+        self._ended = False
         self.subscribed = anyio.Event()
         self.outage = Outage(_log, "notifications")
 
@@ -52,15 +54,31 @@ class NotificationHub:
     async def listen(
         self, prefix: str = ""
     ) -> AsyncIterator[MemoryObjectReceiveStream[LimitChanged]]:
-        """Notifications for keys starting with ``prefix``, while the context is open."""
+        """Notifications for keys starting with ``prefix``, while the context is open.
+
+        The stream ends (``EndOfStream``) after :meth:`end_listeners`.
+        """
         send, receive = anyio.create_memory_object_stream[LimitChanged](self._buffer)
-        self._listeners[send] = prefix
+        if self._ended:
+            send.close()
+        else:
+            self._listeners[send] = prefix
         try:
             yield receive
         finally:
             self._listeners.pop(send, None)
             send.close()
             receive.close()
+
+    def end_listeners(self) -> None:
+        """End every listener's stream, now and from now on (the process is stopping).
+
+        What is buffered is still delivered; the waits of config changes are unaffected.
+        """
+        self._ended = True
+        for send in list(self._listeners):
+            send.close()
+        self._listeners.clear()
 
     def dispatch(self, note: LimitChanged) -> None:
         future = self._waiters.get(note.request_id) if note.request_id else None
@@ -84,20 +102,20 @@ class NotificationHub:
             try:
                 await self._run_once()
                 delay = 0.0
-            except UNAVAILABLE_ERRORS as exc:
-                delay = self.outage.failed(exc)
-            except Exception:
-                _log.exception("notification subscription failed; retrying")
-                delay = 0.5
+            except Exception as exc:
+                if is_unavailable(exc):
+                    delay = self.outage.failed(exc)
+                else:
+                    _log.exception("notification subscription failed; retrying")
+                    delay = 0.5
             self.subscribed = anyio.Event()
             await anyio.sleep(delay)
 
     async def _run_once(self) -> None:
-        if is_cluster(self._redis):
-            # A cluster client learns its slots on its first command; its Pub/Sub does not
-            # ask, and fails with a KeyError on the slot of the channel until something has.
-            await self._redis.initialize()
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # A cluster client learns its slots on its first command; its Pub/Sub does not ask,
+        # and fails with a KeyError on the slot of the channel until something has.
+        await self._gateway.prepare(strict=True)
+        pubsub = self._gateway.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
             self.outage.recovered()

@@ -49,12 +49,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker_cooldown_ms: Millis = 1000
     apply_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 2000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    shutdown_drain_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5000
     admin_token: str | None = None
     check_token: str | None = None
     #: Web origins allowed to call the API from a browser (comma-separated; empty: none).
     cors_origins: str = ""
     #: How often an idle notification stream (SSE) gets a keep-alive comment.
     sse_keepalive_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 15_000
+    # A check may carry a limit for a key that has none (stored, with a TTL), when allowed.
+    inline_limits: bool = False
+    inline_limit_ttl_ms: Annotated[int, msgspec.Meta(ge=1000, le=31 * 86_400_000)] = 86_400_000
+    access_log_checks: bool = False
     # Streams and workers
     stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 1_000_000
     tombstone_ttl_ms: Annotated[int, msgspec.Meta(ge=1000)] = 7 * 24 * 3_600_000

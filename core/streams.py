@@ -8,17 +8,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from redis.exceptions import ResponseError
 
-from core.redis_client import unavailable
+from core.gateway import text
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from core.gateway import Gateway
     from core.keys import KeySpace
     from schemas.events import ConfigEvent
 
 __all__ = [
-    "APPLIERS",
-    "AUDITORS",
     "EVENT_FIELD",
     "ensure_group",
     "now_ms",
@@ -26,8 +23,6 @@ __all__ = [
     "publish_many",
 ]
 
-APPLIERS = "appliers"  #: the consumer group that applies config entries
-AUDITORS = "audit"  #: the consumer group that traces and logs audit entries
 EVENT_FIELD = "event"  #: every entry carries its JSON in this one field
 
 _encoder = msgspec.json.Encoder()
@@ -41,25 +36,24 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-async def publish(redis: Redis, keys: KeySpace, event: ConfigEvent, maxlen: int) -> str:
+async def publish(gateway: Gateway, keys: KeySpace, event: ConfigEvent, maxlen: int) -> str:
     """Append one config event; returns its entry id (which orders it)."""
-    entry_id = await unavailable(
-        lambda: redis.xadd(
-            keys.config_stream,
-            {EVENT_FIELD: _encoder.encode(event)},
-            maxlen=maxlen,
-            approximate=True,
-        ),
+    entry_id = await gateway.call(
         "publish",
+        gateway.client.xadd,
+        keys.config_stream,
+        {EVENT_FIELD: _encoder.encode(event)},
+        maxlen=maxlen,
+        approximate=True,
     )
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return text(entry_id)
 
 
 async def publish_many(
-    redis: Redis, keys: KeySpace, events: list[ConfigEvent], maxlen: int
+    gateway: Gateway, keys: KeySpace, events: list[ConfigEvent], maxlen: int
 ) -> list[str]:
     """Append many config events in one pipelined round trip, in order."""
-    pipe = redis.pipeline(transaction=False)
+    pipe = gateway.client.pipeline(transaction=False)
     for event in events:
         pipe.xadd(
             keys.config_stream,
@@ -67,14 +61,15 @@ async def publish_many(
             maxlen=maxlen,
             approximate=True,
         )
-    ids = await unavailable(pipe.execute, "publish")
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    ids = await gateway.call("publish", pipe.execute)
+    return [text(i) for i in ids]
 
 
-async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") -> None:
+async def ensure_group(gateway: Gateway, stream: str, group: str, start: str = "0") -> None:
     """Create ``group`` on ``stream`` (and the stream); an existing group is fine."""
     try:
-        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+        create = gateway.client.xgroup_create
+        await gateway.call("group", create, stream, group, start, mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise

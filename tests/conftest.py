@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.asyncio import Redis
 
+from core.gateway import Gateway
 from core.keys import KeySpace
 from core.settings import Settings, load_settings
 from tests.support.servers import RedisProcess, session_redis_url
@@ -49,13 +50,30 @@ def prefix() -> str:
 @pytest.fixture
 def settings(redis_url: str, prefix: str) -> Settings:
     return load_settings(
-        {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "APPLY_WAIT_MS": "5000"}, env_file=None
+        {
+            "REDIS_URL": redis_url,
+            "KEY_PREFIX": prefix,
+            "APPLY_WAIT_MS": "5000",
+            "INLINE_LIMITS": "true",  # tests of inline limits; the default (off) has its own
+            # A shared CI machine can stall a connect for more than the default 500 ms;
+            # tests of timeouts set their own.
+            "REDIS_TIMEOUT_MS": "5000",
+        },
+        env_file=None,
     )
 
 
 @pytest.fixture
 def keys(prefix: str) -> KeySpace:
     return KeySpace(prefix)
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """The service's own door to the session's Redis (pipelined script calls and all)."""
+    door = Gateway(settings)
+    yield door
+    await door.aclose()
 
 
 @pytest.fixture

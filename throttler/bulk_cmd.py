@@ -10,15 +10,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 import msgspec
 
-from core.keys import KeySpace
-from core.redis_client import connect
-from core.streams import APPLIERS, EVENT_FIELD, now_ms, publish_many
+from core.gateway import Gateway, text
+from core.keys import APPLIERS, KeySpace
+from core.streams import EVENT_FIELD, now_ms, publish_many
 from schemas.events import AuditEvent, ConfigEvent, DeadLetter, DeleteLimit, SetLimit
 from workers.heartbeat import any_alive
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from core.bulk import BulkChange
     from core.settings import Settings
 
@@ -79,7 +77,7 @@ async def apply_changes(
         else SetLimit(key=c.key, limit=c.limit, actor=actor, submitted_at_ms=submitted)
         for c in changes
     ]
-    redis = connect(settings)
+    gateway = Gateway(settings)
     keys = KeySpace(settings.key_prefix)
     ids: list[str] = []
     progress = _Progress(len(events), "published", sys.stderr)
@@ -87,19 +85,20 @@ async def apply_changes(
     try:
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
-            ids += await publish_many(redis, keys, chunk, settings.stream_maxlen)
+            ids += await publish_many(gateway, keys, chunk, settings.stream_maxlen)
             progress.advance(len(chunk))
         rate = len(ids) / max(time.monotonic() - started, 1e-9)
         print(f"published {len(ids)} changes ({rate:,.0f}/s) to {keys.config_stream}")
         if not wait:
             return 0
-        if not await any_alive(redis, keys, APPLIERS):
+        if not await any_alive(gateway, keys, APPLIERS):
             print(f"waiting, but {_NO_WORKER}", file=sys.stderr)
-        counts = await _wait(redis, keys, ids, timeout_s)
+        counts = await _wait(gateway, keys, ids, timeout_s)
         pending = len(ids) - sum(counts.values())
-        hint = "" if pending == 0 or await any_alive(redis, keys, APPLIERS) else f" ({_NO_WORKER})"
+        alive = pending == 0 or await any_alive(gateway, keys, APPLIERS)
+        hint = "" if alive else f" ({_NO_WORKER})"
     finally:
-        await redis.aclose()
+        await gateway.aclose()
     print(
         f"applied {counts['applied']}, skipped {counts['skipped']}, "
         f"failed {counts['failed']}, pending {pending}{hint}"
@@ -107,7 +106,7 @@ async def apply_changes(
     return 0 if counts["failed"] == 0 and pending == 0 else 1
 
 
-async def _wait(redis: Redis, keys: KeySpace, ids: list[str], timeout_s: float) -> Counter[str]:
+async def _wait(gateway: Gateway, keys: KeySpace, ids: list[str], timeout_s: float) -> Counter[str]:
     """Follow the audit and dead-letter streams until every id has an outcome."""
     wanted = set(ids)
     counts: Counter[str] = Counter()
@@ -121,9 +120,11 @@ async def _wait(redis: Redis, keys: KeySpace, ids: list[str], timeout_s: float) 
     while wanted and time.monotonic() < deadline:
         seen = 0
         for stream, cursor in list(cursors.items()):
-            rows: Any = await redis.xrange(stream, min=f"({cursor}", count=5000)
+            rows: Any = await gateway.call(
+                "outcomes", gateway.client.xrange, stream, min=f"({cursor}", count=5000
+            )
             for raw_id, fields in rows:
-                cursors[stream] = raw_id.decode()
+                cursors[stream] = text(raw_id)
                 body = fields.get(EVENT_FIELD.encode(), b"{}")
                 if stream == keys.audit_stream:
                     audit = _audit.decode(body)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -25,9 +27,9 @@ from core.settings import Settings, ignored_variables, load_settings, redact_url
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    import uvicorn
     from litestar import Litestar
 
+    from api.drain import Drain
     from core.telemetry import Telemetry
 
 __all__ = ["app_factory", "build_app", "main"]
@@ -52,10 +54,15 @@ environment (a .env file in the working directory is read too; README.md lists a
   ADMIN_TOKEN          bearer token for limit CRUD, dead letters, notifications
   CHECK_TOKEN          bearer token for checks (unset: checks are open)
   CORS_ORIGINS         web origins allowed to call the API from a browser (comma-separated)
+  INLINE_LIMITS        true: a check may create a limit for a key that has none (false)
+  INLINE_LIMIT_TTL_MS  an inline limit expires this long after its last spend (86400000)
+  ACCESS_LOG_CHECKS    true: an access-log line for every check too (default false)
   MAX_BODY_BYTES       larger request bodies get 413 (default 1048576)
   LOG_LEVEL            debug, info, warning, error, critical (default info)
   LOG_FORMAT           json or console (default json)
   APPLY_WAIT_MS        how long a config change waits to be applied (default 2000)
+  SHUTDOWN_DRAIN_MS    on SIGTERM, keep serving this long with /ready answering 503
+                       before the listener closes (serve; default 5000)
   OTEL_EXPORTER_OTLP_ENDPOINT and other OTEL_* variables: tracing (off when unset)
 """
 
@@ -91,18 +98,23 @@ def _configure(settings: Settings) -> None:
 
 
 def build_app(
-    settings: Settings, *, worker: bool = True, telemetry: Telemetry | None = None
+    settings: Settings,
+    *,
+    worker: bool = True,
+    telemetry: Telemetry | None = None,
+    drain: Drain | None = None,
 ) -> Litestar:
     """The API wired with what runs beside it in one process (the in-process worker)."""
     from api.app import create_app  # noqa: PLC0415 - keep `throttler --help` fast
     from throttler.worker_cmd import in_process_worker  # noqa: PLC0415
 
     hooks = (in_process_worker,) if worker else ()
-    return create_app(settings, hooks, telemetry)
+    return create_app(settings, hooks, telemetry, drain=drain)
 
 
-def app_factory() -> Litestar:
-    """Build the app inside a server process (uvicorn calls this, once per worker)."""
+def app_factory(drain: Drain | None = None) -> Litestar:
+    """Build the app inside a server process (once per process of `serve --workers N`;
+    other ASGI servers can call it too, e.g. `granian --factory throttler.cli:app_factory`)."""
     from core.otel_setup import telemetry_from_env  # noqa: PLC0415
 
     settings = load_settings()
@@ -111,13 +123,43 @@ def app_factory() -> Litestar:
     register_secret(settings.check_token)
     configure_logging(settings.log_level, settings.log_format)
     worker = os.environ.get(_SERVE_WORKER, "1") == "1"
-    return build_app(settings, worker=worker, telemetry=telemetry_from_env("throttler"))
+    telemetry = telemetry_from_env("throttler")
+    return build_app(settings, worker=worker, telemetry=telemetry, drain=drain)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What each server process of `serve` needs besides the environment (picklable)."""
+
+    host: str
+    port: int
+    grace_s: float
+    drain_s: float
+
+
+def run_server(options: ServerOptions, sockets: list[socket.socket] | None = None) -> None:
+    """One server process: the app on uvicorn, drained on SIGTERM (``throttler.server``)."""
+    import uvicorn  # noqa: PLC0415
+
+    from api.drain import Drain  # noqa: PLC0415
+    from throttler.server import DrainingServer  # noqa: PLC0415
+
+    drain = Drain()
+    config = uvicorn.Config(
+        app_factory(drain),
+        host=options.host,
+        port=options.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(options.grace_s),
+        server_header=False,
+    )
+    DrainingServer(config, drain, options.drain_s).run(sockets)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415
-
     from core.embedded import EmbeddedRedis  # noqa: PLC0415
+    from throttler.server import exit_quietly  # noqa: PLC0415
 
     settings = _load({"BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
     _configure(settings)
@@ -127,7 +169,11 @@ def _serve(args: argparse.Namespace) -> int:
             "binding %s without ADMIN_TOKEN: anyone who can reach it can change limits",
             settings.bind_address,
         )
+    # Until the server handles SIGTERM itself, exit through the finally below (which stops
+    # the embedded server) rather than die at once.
+    signal.signal(signal.SIGTERM, exit_quietly)
     embedded = None
+    code = 0
     if settings.redis_url is None:
         embedded = EmbeddedRedis().start()
         os.environ["REDIS_URL"] = embedded.url
@@ -143,31 +189,19 @@ def _serve(args: argparse.Namespace) -> int:
     # One line for the person who typed `make run`: where everything is (logs are JSON).
     base = f"http://{settings.bind_address}"
     print(f"throttler: serving {base} (docs {base}/schema); redis {redis}", flush=True)
+    options = ServerOptions(
+        settings.host, settings.port, args.grace, settings.shutdown_drain_ms / 1000
+    )
     try:
-        config = uvicorn.Config(
-            "throttler.cli:app_factory",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=args.workers,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=args.grace,
-            server_header=False,
-        )
-        # uvicorn restores the handlers it found and re-raises SIGTERM once its graceful
-        # shutdown is done; with the default handler that would kill the process before
-        # the finally below stops the embedded server. Exit cleanly instead.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         if args.workers > 1:
-            _serve_processes(config)
+            code = _serve_processes(options, args.workers)
         else:
-            uvicorn.Server(config).run()
+            run_server(options)
     finally:
         if embedded is not None:
             embedded.stop()
             _log.info("embedded redis stopped")
-    return 0
+    return code
 
 
 _REDIS_HINT = (
@@ -261,24 +295,29 @@ def _dead_replay(args: argparse.Namespace) -> int:
     return anyio.run(replay_dead_letters, _needs_redis(args), args.ids, args.all)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+def _serve_processes(options: ServerOptions, count: int) -> int:
+    """``count`` server processes sharing one listening socket (``throttler.processes``).
 
-
-def _serve_processes(config: uvicorn.Config) -> None:
-    """uvicorn's multi-process supervisor, with TCP_NODELAY working on every connection.
-
-    uvicorn binds the shared socket with protocol 0; accepted sockets inherit it and
-    asyncio enables TCP_NODELAY only for IPPROTO_TCP, so every keep-alive answer would wait
-    ~40 ms for the client's delayed ACK (uvicorn issue #3149). Re-wrapping the socket as
-    IPPROTO_TCP restores it (measured in docs/performance.md).
+    The socket is made with protocol IPPROTO_TCP, not 0 as uvicorn's ``bind_socket`` does:
+    accepted sockets inherit it, and asyncio enables TCP_NODELAY only for IPPROTO_TCP, so
+    every keep-alive answer would otherwise wait ~40 ms for the client's delayed ACK
+    (uvicorn issue #3149; measured in docs/performance.md).
     """
-    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+    from throttler.processes import STARTUP_FAILURE, run_processes  # noqa: PLC0415
 
-    bound = config.bind_socket()
-    if bound.family in (socket.AF_INET, socket.AF_INET6):
-        bound = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, bound.detach())
-    Multiprocess(config, sockets=[bound]).run()
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as bound:
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            bound.bind((options.host, options.port))
+        except OSError as exc:
+            _log.error("cannot listen on %s:%d: %s", options.host, options.port, exc.strerror)
+            return STARTUP_FAILURE
+        bound.set_inheritable(True)
+        _log.info(
+            "listening on http://%s:%d with %d server processes", options.host, options.port, count
+        )
+        return run_processes(partial(run_server, options), count, [bound])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -295,8 +334,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run the HTTP API",
         description="Run the HTTP API. With no REDIS_URL, start an embedded Redis-compatible "
         "server on loopback (nothing kept on disk) and stop it on exit. The first line on "
-        "standard output says where the API, its docs and its Redis are. SIGTERM/SIGINT "
-        "shut down gracefully: in-flight requests complete.",
+        "standard output says where the API, its docs and its Redis are. SIGTERM drains "
+        "first: for SHUTDOWN_DRAIN_MS "
+        "/ready answers 503, answers close their connections and notification streams end, "
+        "while new requests are still served; then the listener closes without resetting "
+        "accepted connections, in-flight requests complete, the in-process worker stops, "
+        "then the embedded server; exit status 0. SIGINT (Ctrl-C) does the same without the "
+        "wait; a second signal ends the drain at once.",
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -310,7 +354,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="longest wait for in-flight requests at shutdown (default 30)",
+        help="longest wait for in-flight requests after the drain (default 30)",
     )
     serve.add_argument(
         "--no-worker",
@@ -381,9 +425,9 @@ def _unreachable(exc: Exception) -> bool:
     """True for "Redis did not answer", wrapped or straight from the driver."""
     if isinstance(exc, RedisUnavailableError):
         return True
-    from core.redis_client import UNAVAILABLE_ERRORS  # noqa: PLC0415 - redis is loaded by now
+    from core.gateway import is_unavailable  # noqa: PLC0415 - redis is loaded by now
 
-    return isinstance(exc, UNAVAILABLE_ERRORS)
+    return is_unavailable(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

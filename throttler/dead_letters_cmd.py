@@ -8,8 +8,8 @@ import msgspec
 
 from core.dead_letters import list_dead_letters as list_letters
 from core.dead_letters import replay_dead_letters as replay_letters
+from core.gateway import Gateway
 from core.keys import KeySpace
-from core.redis_client import connect
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -22,27 +22,27 @@ _encoder = msgspec.json.Encoder()
 async def list_dead_letters(settings: Settings, count: int) -> int:
     """Print the dead letters as `GET /dead-letters` answers them: one JSON array, oldest
     first (``[]`` when there are none), each ``{"id", "letter"}``."""
-    redis = connect(settings)
+    gateway = Gateway(settings)
     try:
-        letters = await list_letters(redis, KeySpace(settings.key_prefix), count)
+        letters = await list_letters(gateway, KeySpace(settings.key_prefix), count)
     finally:
-        await redis.aclose()
+        await gateway.aclose()
     print(_encoder.encode(letters).decode())
     return 0
 
 
 async def replay_dead_letters(settings: Settings, ids: list[str], replay_all: bool) -> int:
     """Publish dead letters again as new config entries (see core.dead_letters)."""
-    redis = connect(settings)
+    gateway = Gateway(settings)
     try:
         done, missing = await replay_letters(
-            redis,
+            gateway,
             KeySpace(settings.key_prefix),
             None if replay_all else ids,
             settings.stream_maxlen,
         )
     finally:
-        await redis.aclose()
+        await gateway.aclose()
     for item in done:
         print(f"replayed {item.dead_id} (was {item.config_id}) as {item.new_id}")
     if missing:

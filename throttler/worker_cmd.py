@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 import anyio
 from prometheus_client import start_http_server
 
-from core.errors import SettingsError
-from core.keys import KeySpace
+from core.errors import RedisUnavailableError, SettingsError
+from core.gateway import Gateway
+from core.keys import APPLIERS, KeySpace
 from core.metrics import Metrics
-from core.redis_client import UNAVAILABLE_ERRORS, connect
-from core.streams import APPLIERS
 from workers.heartbeat import is_alive
 from workers.runner import Worker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from wsgiref.simple_server import WSGIServer
 
     from api.services import Services
     from core.settings import Settings
@@ -32,12 +32,14 @@ _log = logging.getLogger("throttler.worker")
 
 
 async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) -> int:
-    """Run until SIGTERM/SIGINT; the batch in hand is finished and acked before exit."""
-    redis = connect(settings)
+    """Run until SIGTERM/SIGINT; the batch in hand is finished and acked before exit, then
+    the metrics server stops (a scrape in progress is answered first)."""
     metrics = Metrics()
+    gateway = Gateway(settings, metrics)
+    server: WSGIServer | None = None
     if settings.worker_metrics_port:
         try:
-            start_http_server(
+            server, _thread = start_http_server(
                 settings.worker_metrics_port, settings.worker_metrics_host, metrics.registry
             )
         except OSError as exc:
@@ -51,7 +53,7 @@ async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) ->
             settings.worker_metrics_port,
         )
     worker = Worker(
-        redis, KeySpace(settings.key_prefix), settings, consumer, telemetry, metrics=metrics
+        gateway, KeySpace(settings.key_prefix), settings, consumer, telemetry, metrics=metrics
     )
     async with anyio.create_task_group() as tg:
 
@@ -65,20 +67,23 @@ async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) ->
         tg.start_soon(on_signal)
         await worker.run()
         tg.cancel_scope.cancel()
-    await redis.aclose()
+    await gateway.aclose()
+    if server is not None:
+        await anyio.to_thread.run_sync(server.shutdown)
+        server.server_close()
     return 0
 
 
 async def check_worker(settings: Settings, consumer: str | None) -> int:
     """0 when the worker's heartbeat is alive (or any on this host), else 1."""
-    redis = connect(settings)
+    gateway = Gateway(settings)
     try:
-        alive = await is_alive(redis, KeySpace(settings.key_prefix), APPLIERS, consumer)
-    except UNAVAILABLE_ERRORS as exc:
+        alive = await is_alive(gateway, KeySpace(settings.key_prefix), APPLIERS, consumer)
+    except RedisUnavailableError as exc:
         print(f"redis unavailable: {exc}")
         return 1
     finally:
-        await redis.aclose()
+        await gateway.aclose()
     if alive:
         print("alive: " + " ".join(alive))
         return 0
@@ -90,7 +95,7 @@ async def check_worker(settings: Settings, consumer: str | None) -> int:
 async def in_process_worker(services: Services) -> AsyncIterator[None]:
     """The worker of ``throttler serve``: runs in the API's event loop for its lifetime."""
     worker = Worker(
-        services.redis,
+        services.gateway,
         services.keys,
         services.settings,
         telemetry=services.telemetry,

@@ -9,7 +9,6 @@ only after all of that; an entry whose apply failed stays pending and is retried
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,9 +17,11 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from core.redis_client import cluster_concurrency, is_cluster, unavailable
+from core.errors import RedisUnavailableError
+from core.gateway import text
+from core.keys import APPLIERS
 from core.scripts import FINISH
-from core.streams import APPLIERS, EVENT_FIELD, encode, now_ms
+from core.streams import EVENT_FIELD, encode, now_ms
 from core.telemetry import Telemetry, context_from
 from schemas.events import (
     AuditEvent,
@@ -33,9 +34,8 @@ from schemas.events import (
 )
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from core.config_store import ApplyResult, ConfigStore
+    from core.gateway import Gateway
     from core.keys import KeySpace
     from core.metrics import Metrics
 
@@ -55,10 +55,6 @@ class _Done:
     notification: bytes | None
     operation: str = "invalid"
     result: str = "dead_letter"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _fields(fields: dict[bytes, bytes]) -> dict[str, str]:
@@ -83,7 +79,7 @@ class Applier:
 
     def __init__(
         self,
-        redis: Redis,
+        gateway: Gateway,
         keys: KeySpace,
         store: ConfigStore,
         consumer: str,
@@ -93,7 +89,7 @@ class Applier:
         telemetry: Telemetry | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self._redis = redis
+        self._gateway = gateway
         self._metrics = metrics
         self._keys = keys
         self._store = store
@@ -109,7 +105,7 @@ class Applier:
         valid: list[tuple[str, ConfigEvent, trace.Span]] = []
         last_try: dict[str, tuple[dict[bytes, bytes], int]] = {}
         for raw_id, fields in entries:
-            entry_id = _text(raw_id)
+            entry_id = text(raw_id)
             count = (deliveries or {}).get(entry_id, 1)
             if count > self._max_deliveries:
                 done.append(self._dead(entry_id, fields, f"delivered {count} times", count))
@@ -248,22 +244,6 @@ class Applier:
         )
         return _Done(entry_id, self._keys.dead_stream, encode(letter), None)
 
-    async def _publish(self, notes: list[bytes]) -> None:
-        channel = self._keys.notify_channel
-        if is_cluster(self._redis):  # cluster pipelines refuse PUBLISH
-            limit = cluster_concurrency(self._redis)
-
-            async def publish(note: bytes) -> None:
-                async with limit:
-                    await self._redis.publish(channel, note)
-
-            await asyncio.gather(*(publish(n) for n in notes))
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for note in notes:
-            pipe.publish(channel, note)
-        await pipe.execute()
-
     async def _finish(self, done: list[_Done]) -> None:
         notes = [item.notification for item in done if item.notification is not None]
         calls = [
@@ -274,8 +254,11 @@ class Applier:
             for item in done
         ]
         if notes:
-            await unavailable(lambda: self._publish(notes), "publish")
-        replies = await unavailable(lambda: FINISH.run_many(self._redis, calls), "finish")
+            await self._gateway.publish_many(self._keys.notify_channel, notes)
+        replies = await self._gateway.run_many(FINISH, calls)
+        for reply in replies:
+            if isinstance(reply, RedisUnavailableError):
+                raise reply
         for item, reply in zip(done, replies, strict=True):
             if isinstance(reply, Exception):
                 _log.error("finish of %s failed: %s", item.entry_id, reply)

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import msgspec
 from opentelemetry.trace import SpanKind
 
-from core.redis_client import unavailable
-from core.streams import AUDITORS, EVENT_FIELD
+from core.gateway import text
+from core.keys import AUDITORS
+from core.streams import EVENT_FIELD
 from core.telemetry import Telemetry, context_from
 from schemas.events import AuditEvent
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from core.gateway import Gateway
     from core.keys import KeySpace
     from workers.applier import Entry
 
@@ -27,9 +27,9 @@ _decoder = msgspec.json.Decoder(AuditEvent)
 
 class Auditor:
     def __init__(
-        self, redis: Redis, keys: KeySpace, consumer: str, telemetry: Telemetry | None = None
+        self, gateway: Gateway, keys: KeySpace, consumer: str, telemetry: Telemetry | None = None
     ) -> None:
-        self._redis = redis
+        self._gateway = gateway
         self._keys = keys
         self.consumer = consumer
         self._tracer = (telemetry or Telemetry()).tracer
@@ -37,7 +37,7 @@ class Auditor:
     async def handle(self, entries: list[Entry]) -> int:
         ids = []
         for raw_id, fields in entries:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            entry_id = text(raw_id)
             ids.append(entry_id)
             try:
                 event = _decoder.decode(fields[EVENT_FIELD.encode()])
@@ -76,7 +76,7 @@ class Auditor:
                     },
                 )
         if ids:
-            await unavailable(
-                lambda: self._redis.xack(self._keys.audit_stream, AUDITORS, *ids), "ack"
+            await self._gateway.call(
+                "ack", self._gateway.client.xack, self._keys.audit_stream, AUDITORS, *ids
             )
         return len(ids)

@@ -6,11 +6,11 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from core.gateway import text
 from core.streams import encode, now_ms
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from core.gateway import Gateway
     from core.keys import KeySpace
 
 __all__ = ["Heartbeat", "any_alive", "default_consumer_name", "is_alive"]
@@ -22,8 +22,10 @@ def default_consumer_name() -> str:
 
 
 class Heartbeat:
-    def __init__(self, redis: Redis, keys: KeySpace, group: str, consumer: str, ttl_ms: int):
-        self._redis = redis
+    def __init__(
+        self, gateway: Gateway, keys: KeySpace, group: str, consumer: str, ttl_ms: int
+    ) -> None:
+        self._gateway = gateway
         self.key = keys.heartbeat(group, consumer)
         self._consumer = consumer
         self._ttl_ms = ttl_ms
@@ -43,24 +45,34 @@ class Heartbeat:
                 "processed": processed,
             }
         )
-        await self._redis.set(self.key, value, px=self._ttl_ms)
+        await self._gateway.call(
+            "heartbeat", self._gateway.client.set, self.key, value, px=self._ttl_ms
+        )
 
     async def stop(self) -> None:
-        await self._redis.delete(self.key)
+        await self._gateway.call("heartbeat", self._gateway.client.delete, self.key)
 
 
-async def is_alive(redis: Redis, keys: KeySpace, group: str, consumer: str | None) -> list[str]:
+async def is_alive(gateway: Gateway, keys: KeySpace, group: str, consumer: str | None) -> list[str]:
     """Heartbeat keys alive for ``consumer``, or for any consumer on this host."""
+    redis = gateway.client
     if consumer is not None:
         key = keys.heartbeat(group, consumer)
-        return [key] if await redis.exists(key) else []
+        return [key] if await gateway.call("heartbeat", redis.exists, key) else []
     pattern = keys.heartbeat(group, f"{socket.gethostname()}-*")
-    found = [k.decode() if isinstance(k, bytes) else k async for k in redis.scan_iter(pattern)]
-    return sorted(found)
+
+    async def scan() -> list[str]:
+        return sorted([text(k) async for k in redis.scan_iter(pattern)])
+
+    return await gateway.call("heartbeat", scan)
 
 
-async def any_alive(redis: Redis, keys: KeySpace, group: str) -> bool:
+async def any_alive(gateway: Gateway, keys: KeySpace, group: str) -> bool:
     """True when any consumer of ``group``, on any host, has a live heartbeat."""
-    async for _ in redis.scan_iter(keys.heartbeat(group, "*"), count=1000):
-        return True
-    return False
+
+    async def scan() -> bool:
+        async for _ in gateway.client.scan_iter(keys.heartbeat(group, "*"), count=1000):
+            return True
+        return False
+
+    return await gateway.call("heartbeat", scan)

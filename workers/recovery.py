@@ -8,15 +8,13 @@ stream instead (the applier decides, from the delivery counts read here).
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from core.redis_client import unavailable
-from core.streams import APPLIERS
+from core.gateway import text
+from core.keys import APPLIERS
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from core.gateway import Gateway
     from core.keys import KeySpace
     from workers.applier import Applier, Entry
 
@@ -27,9 +25,9 @@ _log = logging.getLogger("throttler.worker")
 
 class Reclaimer:
     def __init__(
-        self, redis: Redis, keys: KeySpace, applier: Applier, *, idle_ms: int, batch: int
+        self, gateway: Gateway, keys: KeySpace, applier: Applier, *, idle_ms: int, batch: int
     ) -> None:
-        self._redis = redis
+        self._gateway = gateway
         self._keys = keys
         self._applier = applier
         self._idle_ms = idle_ms
@@ -41,17 +39,15 @@ class Reclaimer:
         cursor: bytes | str = "0-0"
         finished = 0
         while True:
-            reply: Any = await unavailable(
-                partial(
-                    self._redis.xautoclaim,
-                    stream,
-                    APPLIERS,
-                    consumer,
-                    self._idle_ms,
-                    start_id=cursor,
-                    count=self._batch,
-                ),
+            reply: Any = await self._gateway.call(
                 "reclaim",
+                self._gateway.client.xautoclaim,
+                stream,
+                APPLIERS,
+                consumer,
+                self._idle_ms,
+                start_id=cursor,
+                count=self._batch,
             )
             cursor, entries = reply[0], reply[1]
             gone = reply[2] if len(reply) > 2 else []
@@ -61,27 +57,20 @@ class Reclaimer:
                 finished += await self._applier.handle(entries, await self._deliveries(entries))
             if gone:
                 # Trimmed away while pending: nothing left to apply; drop them from the PEL.
-                await unavailable(partial(self._redis.xack, stream, APPLIERS, *gone), "ack")
+                await self._gateway.call("ack", self._gateway.client.xack, stream, APPLIERS, *gone)
             if cursor in (b"0-0", "0-0"):
                 return finished
 
     async def _deliveries(self, entries: list[Entry]) -> dict[str, int]:
-        ids = [e[0].decode() if isinstance(e[0], bytes) else e[0] for e in entries]
-        rows = await unavailable(
-            lambda: self._redis.xpending_range(
-                self._keys.config_stream,
-                APPLIERS,
-                min=ids[0],
-                max=ids[-1],
-                count=max(10_000, 10 * len(ids)),
-                consumername=self._applier.consumer,
-            ),
+        ids = [text(e[0]) for e in entries]
+        rows = await self._gateway.call(
             "pending",
+            self._gateway.client.xpending_range,
+            self._keys.config_stream,
+            APPLIERS,
+            min=ids[0],
+            max=ids[-1],
+            count=max(10_000, 10 * len(ids)),
+            consumername=self._applier.consumer,
         )
-        counts: dict[str, int] = {}
-        for row in rows:
-            mid = row["message_id"]
-            counts[mid.decode() if isinstance(mid, bytes) else str(mid)] = int(
-                row["times_delivered"]
-            )
-        return counts
+        return {text(row["message_id"]): int(row["times_delivered"]) for row in rows}

@@ -19,10 +19,11 @@ from redis.exceptions import ResponseError
 
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
+from core.gateway import Gateway
+from core.keys import APPLIERS, AUDITORS
 from core.metrics import record_stream_metrics
 from core.outage import Outage
-from core.redis_client import UNAVAILABLE_ERRORS, connect, prepare
-from core.streams import APPLIERS, AUDITORS, ensure_group
+from core.streams import ensure_group
 from workers.applier import Applier, Entry
 from workers.audit import Auditor
 from workers.heartbeat import Heartbeat, default_consumer_name
@@ -30,8 +31,6 @@ from workers.recovery import Reclaimer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    from redis.asyncio import Redis
 
     from core.keys import KeySpace
     from core.metrics import Metrics
@@ -41,12 +40,11 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 _log = logging.getLogger("throttler.worker")
-_RETRYABLE: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, RedisUnavailableError)
 
 
 @dataclass
 class Worker:
-    redis: Redis
+    gateway: Gateway
     keys: KeySpace
     settings: Settings
     consumer: str = ""
@@ -58,9 +56,9 @@ class Worker:
         self.consumer = self.consumer or default_consumer_name()
         s = self.settings
         self.applier = Applier(
-            self.redis,
+            self.gateway,
             self.keys,
-            ConfigStore(self.redis, self.keys, s.tombstone_ttl_ms),
+            ConfigStore(self.gateway, self.keys, s.tombstone_ttl_ms),
             self.consumer,
             maxlen=s.stream_maxlen,
             max_deliveries=s.worker_max_deliveries,
@@ -68,21 +66,21 @@ class Worker:
             metrics=self.metrics,
         )
         self.reclaimer = Reclaimer(
-            self.redis,
+            self.gateway,
             self.keys,
             self.applier,
             idle_ms=s.worker_claim_idle_ms,
             batch=s.worker_batch,
         )
-        self.auditor = Auditor(self.redis, self.keys, self.consumer, self.telemetry)
+        self.auditor = Auditor(self.gateway, self.keys, self.consumer, self.telemetry)
         self.heartbeat = Heartbeat(
-            self.redis, self.keys, APPLIERS, self.consumer, s.worker_heartbeat_ttl_ms
+            self.gateway, self.keys, APPLIERS, self.consumer, s.worker_heartbeat_ttl_ms
         )
         self.stopping = anyio.Event()
         # One view of Redis for the whole worker: an outage is logged once, not per loop.
         self.outage = Outage(_log, f"worker {self.consumer}")
         # Blocking reads get a client of their own, whose read timeout outlasts the BLOCK.
-        self.reader = connect(self.settings, blocking_ms=s.worker_block_ms)
+        self.reader = Gateway(self.settings, blocking_ms=s.worker_block_ms)
         self._last_beat = time.monotonic()
         if self.metrics is not None:
             self.metrics.heartbeat_age.set_function(lambda: time.monotonic() - self._last_beat)
@@ -107,7 +105,7 @@ class Worker:
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(2),
-                contextlib.suppress(*_RETRYABLE),
+                contextlib.suppress(RedisUnavailableError),
             ):
                 await self.heartbeat.stop()
             with anyio.CancelScope(shield=True):
@@ -118,13 +116,13 @@ class Worker:
         self.stopping.set()
 
     async def _until_ready(self) -> None:
-        await prepare(self.redis)
-        await prepare(self.reader)
+        await self.gateway.prepare()
+        await self.reader.prepare()
         while not self.stopping.is_set():
             try:
-                await ensure_group(self.redis, self.keys.config_stream, APPLIERS)
-                await ensure_group(self.redis, self.keys.audit_stream, AUDITORS)
-            except _RETRYABLE as exc:
+                await ensure_group(self.gateway, self.keys.config_stream, APPLIERS)
+                await ensure_group(self.gateway, self.keys.audit_stream, AUDITORS)
+            except RedisUnavailableError as exc:
                 with anyio.move_on_after(self.outage.failed(exc)):
                     await self.stopping.wait()
             else:
@@ -137,7 +135,7 @@ class Worker:
             try:
                 await step()
                 self.outage.recovered()
-            except _RETRYABLE as exc:
+            except RedisUnavailableError as exc:
                 delay = max(pause_s, self.outage.failed(exc))
             except Exception:
                 _log.exception("%s step failed", name)
@@ -149,7 +147,9 @@ class Worker:
     async def _read(self, stream: str, group: str) -> list[Entry]:
         try:
             with suppress_instrumentation():  # an idle poll is not worth a trace of its own
-                reply: Any = await self.reader.xreadgroup(
+                reply: Any = await self.reader.call(
+                    "read",
+                    self.reader.client.xreadgroup,
                     group,
                     self.consumer,
                     {stream: ">"},
@@ -161,7 +161,7 @@ class Worker:
                 raise
             # The server lost the group (a restart without persistence, a new server).
             _log.warning("consumer group %s on %s is gone; creating it again", group, stream)
-            await ensure_group(self.redis, stream, group)
+            await ensure_group(self.gateway, stream, group)
             return []
         if not reply:
             return []
@@ -182,5 +182,5 @@ class Worker:
         await self.heartbeat.beat(self.applier.applied)
         self._last_beat = time.monotonic()
         if self.metrics is not None:
-            await record_stream_metrics(self.redis, self.keys, self.metrics)
+            await record_stream_metrics(self.gateway, self.keys, self.metrics)
         return 0

@@ -1,18 +1,18 @@
--- apply: the single writer of limits. Idempotent and ordered by stream entry id.
+-- apply: the single writer of configured limits. Idempotent and ordered by stream entry id.
 --
--- KEYS[1]  the key's limit hash   <prefix>:{<key>}:cfg
--- KEYS[2]  the key's state        <prefix>:{<key>}:st
+-- KEYS[1]  the key's hash   <prefix>:{<key>}    (layout in prelude.lua)
+-- KEYS[2]  the key's log    <prefix>:{<key>}:l
 -- ARGV[1]  op: "set" or "del"
 -- ARGV[2]  version: the stream entry id "<ms>-<seq>" of the change, or "" (unversioned)
--- ARGV[3]  algorithm name; ARGV[4] requests; ARGV[5] window_ms; ARGV[6] burst  (op "set")
--- ARGV[7]  tombstone TTL in ms: a deleted key keeps its version this long, so an older
+-- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-4, burst 0 = none)
+-- ARGV[4]  tombstone TTL in ms: a deleted key keeps its version this long, so an older
 --          change delivered late cannot bring the limit back
--- ARGV[8]  now in microseconds, or "" / absent for the server clock (tests only)
+-- ARGV[5]  now in microseconds, or "" for the server clock (tests only)
 --
--- Returns {result, prev_alg, prev_req, prev_win, prev_burst, prev_ver}
+-- Returns {result, prev_limits, prev_version}
 --   result: "created" | "replaced" | "deleted" | "not_found"  (applied)
 --           "duplicate" (this very version is already applied) | "stale" (older version)
---   prev_*: the limit before ("" when there was none)
+--   prev_limits: the limits before, encoded as ARGV[3] ("" when there were none)
 
 local function parse(ver)
   local ms, seq = string.match(ver, '^(%d+)-(%d+)$')
@@ -32,79 +32,120 @@ local function compare(a, b)
   return 0
 end
 
+local LETTER = {'t', 's', 'f', 'g'}
+
+local function limits_of(c)
+  local out = {}
+  for a, r, w, b in string.gmatch(c or '', '(%d+),(%d+),(%d+),(%d+)') do
+    out[#out + 1] = {tonumber(a), tonumber(r), tonumber(w), tonumber(b)}
+  end
+  return out
+end
+
+local function cap_of(l)
+  if l[4] > 0 then
+    return l[4]
+  end
+  return l[2]
+end
+
 -- Same algorithm, new numbers: keep what the caller has spent (not what is left), so a
--- raised limit gives room at once and a lowered one keeps its debt.
-local function keep_spent(alg, st, old, req, win, burst)
-  if alg ~= 'token_bucket' and alg ~= 'gcra' then
-    return                      -- the windows keep their log or counter: spent as it is
-  end
-  local raw = redis.call('GET', st)
-  if not raw then
-    return
-  end
-  if alg == 'token_bucket' then
+-- raised limit gives room at once and a lowered one keeps its debt. Returns the new state.
+local function keep_spent(raw, old, new, now)
+  if new[1] == 1 then
     local a, b = string.match(raw, '^(%d+):(%d+)$')
-    local old_cap = tonumber(old[4]) * 1000000
-    local cap = tonumber(burst) * 1000000
-    local tokens = math.max(0, math.min(cap, tonumber(a) + cap - old_cap))
-    local rate = tonumber(req) * 1000000 / (tonumber(win) * 1000)
-    local ttl = math.ceil((cap - tokens) / rate / 1000) + 1000
-    redis.call('SET', st, string.format('%d:%d', tokens, tonumber(b)), 'PX', ttl)
-  else
-    local now = tonumber(ARGV[8] or '')
-    if not now then
-      local t = redis.call('TIME')
-      now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    end
+    local old_cap = cap_of(old) * 1000000
+    local cap = cap_of(new) * 1000000
+    return string.format('%d:%d', math.max(0, math.min(cap, tonumber(a) + cap - old_cap)),
+                         tonumber(b))
+  elseif new[1] == 4 then
     local spent = tonumber(raw) - now
-    if spent > 0 then
-      local old_T = math.ceil(tonumber(old[3]) * 1000 / tonumber(old[2]))
-      local new_T = math.ceil(tonumber(win) * 1000 / tonumber(req))
-      local tat = now + math.ceil(spent * new_T / old_T)
-      redis.call('SET', st, string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+    if spent <= 0 then
+      return raw
     end
+    local old_T = math.ceil(old[3] * 1000 / old[2])
+    local new_T = math.ceil(new[3] * 1000 / new[2])
+    return string.format('%d', now + math.ceil(spent * new_T / old_T))
   end
+  return raw                                   -- a fixed window keeps its counter
 end
 
+local function now_us()
+  local now = tonumber(ARGV[5] or '')
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return now
+end
+
+local hash, log = KEYS[1], KEYS[2]
 local op, ver = ARGV[1], ARGV[2]
-local old = redis.call('HMGET', KEYS[1], 'alg', 'req', 'win', 'burst', 'ver', 'del')
-local existed = old[1] and old[6] ~= '1'
-local prev = {'', '', '', '', old[5] or ''}
-if existed then
-  prev = {old[1], old[2], old[3], old[4], old[5] or ''}
-end
+local old = redis.call('HMGET', hash, 'c', 'v')
+local existed = old[1] ~= false
+local prev = existed and old[1] or ''
+local prev_ver = old[2] or ''
 
-if ver ~= '' and old[5] and old[5] ~= '' then
-  local order = compare(ver, old[5])
+if ver ~= '' and prev_ver ~= '' then
+  local order = compare(ver, prev_ver)
   if order == 0 then
-    return {'duplicate', prev[1], prev[2], prev[3], prev[4], prev[5]}
+    return {'duplicate', prev, prev_ver}
   elseif order < 0 then
-    return {'stale', prev[1], prev[2], prev[3], prev[4], prev[5]}
+    return {'stale', prev, prev_ver}
   end
 end
 
 local result
 if op == 'set' then
-  local alg = ARGV[3]
-  local fresh = (existed and old[1] ~= alg) or (not existed and alg ~= 'token_bucket')
-  if fresh then
-    redis.call('DEL', KEYS[2])                 -- a new algorithm starts from a full limit
-  elseif existed then
-    keep_spent(alg, KEYS[2], old, ARGV[4], ARGV[5], ARGV[6])
+  local before, after = limits_of(old[1]), limits_of(ARGV[3])
+  -- The states to keep: limit i keeps its state under the same algorithm (adjusted when it
+  -- was configured before); any other state field goes (a new algorithm starts full).
+  local keep, sliding = {}, false
+  local now = nil
+  for i, l in ipairs(after) do
+    local field = (i - 1) .. LETTER[l[1]]
+    if l[1] == 2 then
+      sliding = true
+    else
+      local raw = redis.call('HGET', hash, field)
+      if raw and existed and before[i] and before[i][1] == l[1] then
+        now = now or now_us()
+        raw = keep_spent(raw, before[i], l, now)
+      end
+      keep[field] = raw or false
+    end
   end
-  redis.call('HSET', KEYS[1], 'alg', alg, 'req', ARGV[4], 'win', ARGV[5], 'burst', ARGV[6])
-  redis.call('HDEL', KEYS[1], 'del')
-  redis.call('PERSIST', KEYS[1])
+  local drop = {}
+  local names = redis.call('HKEYS', hash)
+  for _, name in ipairs(names) do
+    if string.match(name, '^%d+%a$') and keep[name] == nil then
+      drop[#drop + 1] = name
+    end
+  end
+  if #drop > 0 then
+    redis.call('HDEL', hash, unpack(drop))
+  end
+  for field, raw in pairs(keep) do
+    if raw then
+      redis.call('HSET', hash, field, raw)
+    end
+  end
+  if not sliding then
+    redis.call('DEL', log)
+  end
+  redis.call('HSET', hash, 'c', ARGV[3])
+  redis.call('HDEL', hash, 'd', 'i')
+  redis.call('PERSIST', hash)
   result = existed and 'replaced' or 'created'
 else
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', hash, log)
   if ver ~= '' then
-    redis.call('HSET', KEYS[1], 'del', '1')
-    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+    redis.call('HSET', hash, 'd', '1')
+    redis.call('PEXPIRE', hash, ARGV[4])
   end
   result = existed and 'deleted' or 'not_found'
 end
 if ver ~= '' then
-  redis.call('HSET', KEYS[1], 'ver', ver)
+  redis.call('HSET', hash, 'v', ver)
 end
-return {result, prev[1], prev[2], prev[3], prev[4], prev[5]}
+return {result, prev, prev_ver}

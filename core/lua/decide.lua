@@ -1,75 +1,144 @@
--- decide: one key's decision. cfg_key/st_key: the key's limit hash and state; n tokens;
--- mode "d"/"i"/"p" and the fallback limit as in the header; now in microseconds.
--- Returns the reply array described in the header.
-local ALGORITHMS = {token_bucket, sliding_window, fixed_window, gcra}
-local NAMES = {token_bucket = 1, sliding_window = 2, fixed_window = 3, gcra = 4}
+-- decide: one key's decision over all its limits (the contract is in the header above).
+local LETTER = {'t', 's', 'f', 'g'}
+local SIMPLE = {token_bucket, nil, fixed_window, gcra}
 
-local function decide(cfg_key, st_key, n, mode, now, f_alg, f_req, f_win, f_burst)
-local cfg = redis.call('HMGET', cfg_key, 'alg', 'req', 'win', 'burst', 'del')
-local alg, req, win, burst
-local create = false
-if cfg[1] and cfg[5] ~= '1' then
-  alg, req, win, burst = NAMES[cfg[1]], tonumber(cfg[2]), tonumber(cfg[3]), tonumber(cfg[4]) or 0
-elseif mode == 'p' then
-  return {-2, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-else
-  alg, req, win, burst = f_alg, f_req, f_win, f_burst
-  create = mode == 'i'
-  if create and n == 0 then
-    -- A peek changes nothing, so it creates nothing: it answers as the inline limit
-    -- would. A default limit's bucket does not count under another algorithm: fresh.
-    create = false
-    if alg ~= 1 and redis.call('EXISTS', st_key) == 1 then
-      local capacity = req
-      if alg == 4 then
-        capacity = burst ~= 0 and burst or req
-      end
-      local t = now
-      return {1, capacity, capacity, 0, 0, math.floor(t / 1000), alg, req, win,
-              (alg == 4) and capacity or 0}
+-- "alg,requests,window_ms,burst;..." -> {alg, requests, window_ms, burst, alg, ...}
+local function parse_limits(c)
+  local out = {}
+  for a, r, w, b in string.gmatch(c, '(%d+),(%d+),(%d+),(%d+)') do
+    out[#out + 1] = tonumber(a)
+    out[#out + 1] = tonumber(r)
+    out[#out + 1] = tonumber(w)
+    out[#out + 1] = tonumber(b)
+  end
+  return out
+end
+
+local function encode_limits(lim)
+  local parts = {}
+  for b = 1, #lim, 4 do
+    parts[#parts + 1] = string.format('%d,%d,%d,%d', lim[b], lim[b + 1], lim[b + 2], lim[b + 3])
+  end
+  return table.concat(parts, ';')
+end
+
+-- The given limits from ARGV, starting at ARGV[first] = k.
+local function given_limits(first)
+  local out = {}
+  for j = 1, 4 * tonumber(ARGV[first]) do
+    out[j] = tonumber(ARGV[first + j])
+  end
+  return out
+end
+
+-- The most one check can spend under a limit: burst for buckets and GCRA, else requests.
+local function capacity(alg, req, burst)
+  if (alg == 1 or alg == 4) and burst > 0 then
+    return burst
+  end
+  return req
+end
+
+-- Spend n from every limit: write their states, append to the log, set the hash's TTL.
+local function commit(hash, log, f, lim, st, L, n, at, create, inline_ttl)
+  local fields, ttl, longest = {}, 0, 0
+  for i = 0, #lim / 4 - 1 do
+    if st[i] then
+      fields[#fields + 1] = i .. LETTER[lim[4 * i + 1]]
+      fields[#fields + 1] = st[i][1]
+      ttl = math.max(ttl, st[i][2])
+    else
+      longest = math.max(longest, lim[4 * i + 3] * 1000)
     end
   end
+  if L then
+    log_append(log, L, n, at, longest)
+    ttl = math.max(ttl, ceil_ms(longest))       -- the hash outlives the log it governs
+  end
+  if create then
+    fields[#fields + 1] = 'c'
+    fields[#fields + 1] = encode_limits(lim)
+    fields[#fields + 1] = 'i'
+    fields[#fields + 1] = '1'
+    if f.d then
+      redis.call('HDEL', hash, 'd')             -- a tombstone's version stays: any change
+    end                                         -- published later supersedes this limit
+  end
+  if #fields == 0 then
+    return
+  end
+  redis.call('HSET', hash, unpack(fields))
+  if f.c and not f.i then
+    return                                      -- a configured limit's hash never expires
+  elseif create or f.i then
+    ttl = math.max(ttl, inline_ttl)
+  elseif f.d then
+    ttl = math.max(ttl, redis.call('PTTL', hash))
+  end
+  redis.call('PEXPIRE', hash, ttl)
 end
 
-local capacity = req
-if alg == 1 or alg == 4 then
-  if burst == 0 then
-    burst = req
+-- One key: resolve its limits, decide, and (when `spend` and allowed) spend n.
+local function decide(hash, log, n, mode, now, given, inline_ttl, spend)
+  local h = redis.call('HGETALL', hash)
+  local f = {}
+  for j = 1, #h, 2 do
+    f[h[j]] = h[j + 1]
   end
-  capacity = burst
-else
-  burst = 0                                    -- windows have no burst
-end
-if n > capacity then
-  return {-1, capacity, 0, 0, 0, 0, alg, req, win, burst}
-end
-
-if create then
-  -- An inline limit in a check creates the key's limit when it has none. It never
-  -- replaces a stored limit and keeps a tombstone's version, so any change published on
-  -- the config stream later still supersedes it.
-  local names = {'token_bucket', 'sliding_window', 'fixed_window', 'gcra'}
-  local stored_burst = burst
-  if burst == 0 then
-    stored_burst = ''
+  local lim, own = given, ''
+  if f.c then
+    own = f.c
+    lim = parse_limits(own)
+  elseif mode == 'p' then
+    return {-2, 0, 0, 0, 0, idiv(now, 1000), ''}
   end
-  redis.call('HSET', cfg_key, 'alg', names[alg], 'req', req, 'win', win, 'burst', stored_burst)
-  redis.call('HDEL', cfg_key, 'del')
-  redis.call('PERSIST', cfg_key)
-  if alg ~= 1 then
-    redis.call('DEL', st_key)                 -- the default limit's bucket does not carry over
+  local count = #lim / 4
+  for i = 0, count - 1 do
+    local b = 4 * i
+    if n > capacity(lim[b + 1], lim[b + 2], lim[b + 4]) then
+      return {-1, i, 0, 0, 0, idiv(now, 1000), own}
+    end
   end
-end
-
-local allowed, limit, remaining, reset, retry, now =
-  ALGORITHMS[alg](st_key, n, now, req, win * 1000, burst)
-local code = 0
-if allowed then
-  code = 1
-end
-if remaining < 0 then
-  remaining = 0
-end
-return {code, limit, remaining, ceil_ms(reset), ceil_ms(retry), math.floor(now / 1000),
-        alg, req, win, burst}
+  local L, at = nil, now
+  local all, pick, pick_rem, pick_wait = true, 0, math.huge, -1
+  local pick_reset, pick_retry = 0, 0
+  local st = {}
+  for i = 0, count - 1 do
+    local b = 4 * i
+    local alg, req, win_us, burst = lim[b + 1], lim[b + 2], lim[b + 3] * 1000, lim[b + 4]
+    local allowed, remaining, reset, retry, state, ttl
+    if alg == 2 then
+      if not L then
+        L = log_open(log)
+        if L.newest and L.newest > now then
+          at = L.newest                         -- never let the log run backwards
+        end
+      end
+      allowed, remaining, reset, retry = sliding_window(log, L, n, at, req, win_us)
+    else
+      if burst == 0 then
+        burst = req
+      end
+      allowed, remaining, reset, retry, state, ttl =
+        SIMPLE[alg](f[i .. LETTER[alg]], n, now, req, win_us, burst)
+      st[i] = {state, ttl}
+    end
+    if remaining < 0 then
+      remaining = 0                             -- a lowered limit: nothing left, not less
+    end
+    -- The deciding limit: the denial with the longest wait, else the least remaining.
+    if not allowed then
+      if all or retry > pick_wait then
+        pick, pick_rem, pick_wait, pick_reset, pick_retry = i, remaining, retry, reset, retry
+      end
+      all = false
+    elseif all and remaining < pick_rem then
+      pick, pick_rem, pick_reset, pick_retry = i, remaining, reset, 0
+    end
+  end
+  if all and n > 0 and spend then
+    commit(hash, log, f, lim, st, L, n, at, mode == 'i' and not f.c, inline_ttl)
+  end
+  return {all and 1 or 0, pick, pick_rem, ceil_ms(pick_reset), ceil_ms(pick_retry),
+          idiv(at, 1000), own}
 end

@@ -1,10 +1,10 @@
 -- gcra: the generic cell rate algorithm. State: one integer, the theoretical arrival time
 -- (tat, us). The emission interval T = window / requests is rounded up to a whole
 -- microsecond, so all arithmetic is exact integers.
-local function gcra(st, n, now, req, win_us, burst)
+local function gcra(raw, n, now, req, win_us, burst)
   local T = math.ceil(win_us / req)
   local tau = T * burst
-  local stored = tonumber(redis.call('GET', st) or now)
+  local stored = tonumber(raw) or now
   local tat = math.max(stored, now)
   local new_tat = tat + n * T
   local allow_at = new_tat - tau
@@ -12,7 +12,6 @@ local function gcra(st, n, now, req, win_us, burst)
   local retry = 0
   if allowed then
     if n > 0 then
-      redis.call('SET', st, string.format('%d', new_tat), 'PX', ceil_ms(new_tat - now))
       stored = new_tat
     end
   else
@@ -25,5 +24,5 @@ local function gcra(st, n, now, req, win_us, burst)
     remaining = idiv(room, T)
   end
   local reset = math.max(0, stored - now)
-  return allowed, burst, remaining, reset, retry, now
+  return allowed, remaining, reset, retry, string.format('%d', new_tat), ceil_ms(new_tat - now)
 end

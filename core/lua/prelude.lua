@@ -1,21 +1,39 @@
--- check: one atomic rate-limit decision. Assembled at load time as
---   prelude.lua + token_bucket.lua + sliding_window.lua + fixed_window.lua + gcra.lua
+-- check: atomic rate-limit decisions over every limit of a key. Assembled at load time as
+--   prelude.lua + token_bucket.lua + gcra.lua + fixed_window.lua + sliding_window.lua
 --   + decide.lua + check.lua          (check_all.lua instead of check.lua: all-or-nothing)
 --
--- KEYS[1]  the key's limit hash   <prefix>:{<key>}:cfg  (alg, req, win, burst, ver, del)
--- KEYS[2]  the key's state        <prefix>:{<key>}:st   (string, or sorted set for sliding_window)
--- ARGV[1]  n: tokens to spend (integer >= 0; 0 peeks and changes nothing)
--- ARGV[2]  mode: "d" use the stored limit, else the limit in ARGV[4..7] (default limit)
---                "i" use the stored limit, else store the limit in ARGV[4..7] (inline create)
---                "p" use the stored limit only (answer -2 when the key has none)
--- ARGV[3]  now in microseconds, or "" to read the server clock (TIME). Tests only.
--- ARGV[4]  algorithm: 1 token_bucket, 2 sliding_window, 3 fixed_window, 4 gcra
--- ARGV[5]  requests per window; ARGV[6] window in ms; ARGV[7] burst (0 = requests)
+-- State layout (one hash tag per rate-limit key; see core/keys.py):
+--   KEYS[1]  <prefix>:{<key>}     hash: the key's own limits and every limit's state
+--     c      the key's own limits, "alg,requests,window_ms,burst;..." (alg 1-4 as below,
+--            burst 0 = none); absent when the key has none
+--     v      stream entry id of the last config change applied ("<ms>-<seq>")
+--     d      "1": deleted at version v (a tombstone, with a TTL)
+--     i      "1": c was created inline by a check (the hash then has a TTL)
+--     <i><a> state of limit i (0-based) under algorithm letter a: t token bucket
+--            "microtokens:us", g gcra "tat_us", f fixed window "window:count"
+--   KEYS[2]  <prefix>:{<key>}:l   sorted set, the sliding-window log shared by every
+--            sliding limit of the key: one entry per admitted check, score = its time (us),
+--            member = "<running total after it, 16 digits>:<its tokens>"
 --
--- Returns {code, limit, remaining, reset_after_ms, retry_after_ms, now_ms,
---          alg, requests, window_ms, burst}
---   code 1 allowed, 0 denied, -1 n exceeds what the limit can ever allow, -2 no limit.
--- Times inside are integers in microseconds; results in ms are rounded up.
+-- ARGV[1]  now in microseconds, or "" to read the server clock (TIME). Tests only.
+-- ARGV[2]  mode: "d" the key's own limits, else the limits given below
+--                "i" as "d", and store the given limits as the key's own when it has none
+--                    (inline creation; the hash then expires after ARGV[3] ms unused)
+--                "p" the key's own limits only (reply code -2 when it has none)
+-- ARGV[3]  inline TTL in ms (mode "i")
+-- ARGV[4]  n: tokens to spend (integer >= 0; 0 peeks and changes nothing)
+-- ARGV[5]  k: how many limits follow (1-8); then 4 values per limit:
+--          algorithm (1 token_bucket, 2 sliding_window, 3 fixed_window, 4 gcra),
+--          requests, window_ms, burst (0 = requests; windows ignore it)
+--
+-- Returns {code, index, remaining, reset_after_ms, retry_after_ms, now_ms, own}
+--   code   1 allowed, 0 denied, -1 n exceeds what limit `index` can ever allow, -2 no limit
+--   index  the deciding limit (0-based): the one that denies (the longest wait), else the
+--          one with the least remaining
+--   own    the key's own limits ("c") when they decided, "" when the given limits did
+-- A check is allowed only if every limit allows; then n is spent from all of them, else
+-- from none: a denied check writes nothing. Times are integers in microseconds inside;
+-- results in ms are rounded up.
 
 local MICRO = 1000000
 

@@ -1,7 +1,7 @@
 -- token_bucket: capacity C = burst, refill r = requests / window.
--- State (string "tokens:t"): tokens in micro-tokens (integer), t = the time (us) up to which
--- refill has been credited. Refill credits whole micro-tokens and advances t only by the
--- time those micro-tokens took, so slow rates under frequent checks still refill.
+-- State "tokens:t": tokens in micro-tokens (integer), t = the time (us) up to which refill
+-- has been credited. Refill credits whole micro-tokens and advances t only by the time
+-- those micro-tokens took, so slow rates under frequent checks still refill.
 -- Waits count from the state as stored, so they are exact to the microsecond: waiting
 -- retry_after (reset_after) succeeds, one microsecond less does not.
 
@@ -18,14 +18,18 @@ local function micros_for(d, rate)
   return us
 end
 
-local function token_bucket(st, n, now, req, win_us, burst)
+-- Every algorithm: (state or nil, n, now, requests, window_us, burst) ->
+--   allowed, remaining, reset_us, retry_us, new state (nil: unchanged), its TTL in ms
+local function token_bucket(raw, n, now, req, win_us, burst)
   local cap = burst * MICRO
   local rate = req * MICRO / win_us            -- micro-tokens per microsecond
   local tokens, t = cap, now
   local held, since = cap, now                 -- the state as stored: waits count from it
-  local raw = redis.call('GET', st)
+  local a, b
   if raw then
-    local a, b = string.match(raw, '^(%d+):(%d+)$')
+    a, b = string.match(raw, '^(%d+):(%d+)$')
+  end
+  if a then
     held, since = tonumber(a), tonumber(b)
     tokens, t = held, since
     if now > t then
@@ -56,8 +60,6 @@ local function token_bucket(st, n, now, req, win_us, burst)
   if tokens < cap then
     reset = since + micros_for(cap - held, rate) - now
   end
-  if allowed and n > 0 then
-    redis.call('SET', st, string.format('%d:%d', tokens, t), 'PX', ceil_ms(reset) + 1000)
-  end
-  return allowed, burst, idiv(tokens, MICRO), reset, retry, now
+  return allowed, idiv(tokens, MICRO), reset, retry, string.format('%d:%d', tokens, t),
+         ceil_ms(reset) + 1000
 end

@@ -24,12 +24,12 @@ import pytest
 from redis.crc import key_slot
 
 from core.config_store import ConfigStore
-from core.keys import KeySpace
+from core.gateway import Gateway
+from core.keys import APPLIERS, KeySpace
 from core.limiter import Limiter
-from core.redis_client import connect, prepare
 from core.scripts import APPLY, CHECK, FINISH
 from core.settings import load_settings
-from core.streams import APPLIERS, EVENT_FIELD, publish_many
+from core.streams import EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
 from tests.e2e.test_redis_auth_tls import acl_rules, knows_setinfo
@@ -70,15 +70,20 @@ def cluster_env(cluster: LocalCluster, prefix: str, **extra: str) -> dict[str, s
 
 
 @pytest.fixture
-async def client(cluster: LocalCluster, prefix: str) -> Any:
-    """An asyncio RedisCluster client, made as the service makes its own."""
-    settings = load_settings(cluster_env(cluster, prefix), env_file=None)
-    redis = connect(settings)
-    await prepare(redis)
+async def door(cluster: LocalCluster, prefix: str) -> AsyncIterator[Gateway]:
+    """The service's gateway to the cluster, made as the service makes its own."""
+    gateway = Gateway(load_settings(cluster_env(cluster, prefix), env_file=None))
+    await gateway.prepare()
     try:
-        yield redis
+        yield gateway
     finally:
-        await redis.aclose()
+        await gateway.aclose()
+
+
+@pytest.fixture
+def client(door: Gateway) -> Any:
+    """Its asyncio RedisCluster client."""
+    return door.client
 
 
 async def until(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
@@ -108,10 +113,10 @@ def test_every_script_call_touches_one_hash_slot(prefix: str) -> None:
     store = ConfigStore(None, space, 1000)  # type: ignore[arg-type]
     for key in KEYS:
         check_keys, _ = limiter.script_args(key, 1)
-        apply_keys, _ = store._script_args(key, Limit(requests=1, window_ms=1), "1-1")
-        assert check_keys == apply_keys == [space.config(key), space.state(key)]
+        apply_keys, _ = store.script_args(key, Limit(requests=1, window_ms=1), "1-1")
+        assert check_keys == apply_keys == [space.limit(key), space.log(key)]
         assert len(slots(check_keys)) == 1, (CHECK.name, APPLY.name, key)
-        assert f"{{{key}}}" in space.config(key)  # the tag is the key itself
+        assert f"{{{key}}}" in space.limit(key)  # the tag is the key itself
     # FINISH acks on the config stream and appends to the audit or dead-letter stream.
     streams = [space.config_stream, space.audit_stream, space.dead_stream]
     assert len(slots(streams)) == 1, FINISH.name
@@ -124,7 +129,7 @@ def test_limits_spread_over_every_node_and_match_the_servers_slots(
     from redis import Redis as SyncRedis
 
     space = KeySpace("throttler")
-    keys = [space.config(f"user:{i}") for i in range(300)]
+    keys = [space.limit(f"user:{i}") for i in range(300)]
     owners: Counter[int] = Counter()
     ranges: list[tuple[int, int, int]] = []
     node = SyncRedis(port=cluster.nodes[0].port)
@@ -328,14 +333,14 @@ async def pending(client: Redis, keys: KeySpace, consumer: str | None = None) ->
 
 
 async def test_worker_killed_mid_way_another_finishes(
-    cluster: LocalCluster, prefix: str, client: Redis, tmp_path: Path
+    cluster: LocalCluster, prefix: str, door: Gateway, client: Redis, tmp_path: Path
 ) -> None:
     keys = KeySpace(prefix)
     events: list[ConfigEvent] = [
         SetLimit(key=f"k{i % LIMIT_KEYS}", limit=Limit(requests=i + 1, window_ms=60_000), actor="x")
         for i in range(CHANGES)
     ]
-    ids = await publish_many(client, keys, events, 1_000_000)
+    ids = await publish_many(door, keys, events, 1_000_000)
     first = worker(cluster, prefix, "crash-1").start(tmp_path, wait=False)
     second = worker(cluster, prefix, "crash-2")
     try:
@@ -366,7 +371,7 @@ async def test_worker_killed_mid_way_another_finishes(
     records = [_audit.decode(fields[EVENT_FIELD.encode()]) for _, fields in rows]
     assert sorted(r.config_id for r in records) == sorted(ids)  # each exactly once
     assert {r.worker for r in records} == {"crash-1", "crash-2"}
-    store = ConfigStore(client, keys, 1000)
+    store = ConfigStore(door, keys, 1000)
     last = {e.key: (i, e) for i, e in zip(ids, events, strict=True)}
     for key, (entry_id, event) in last.items():
         assert isinstance(event, SetLimit)
@@ -376,10 +381,10 @@ async def test_worker_killed_mid_way_another_finishes(
 
 
 @pytest.mark.anyio
-async def test_many_concurrent_checks_on_many_keys_all_succeed(client: Any, prefix: str) -> None:
-    """A cluster's node pools refuse past REDIS_MAX_CONNECTIONS instead of waiting: the
-    per-key fan-out is bounded, so a burst on a healthy cluster never becomes 503s."""
-    limiter = Limiter(client, KeySpace(prefix), Limit(10, 60_000))
+async def test_many_concurrent_checks_on_many_keys_all_succeed(door: Gateway, prefix: str) -> None:
+    """A burst of checks on many keys over every node of a healthy cluster: all succeed
+    (each node's calls share one pipelined connection; none is refused, none is a 503)."""
+    limiter = Limiter(door, KeySpace(prefix), Limit(10, 60_000))
     results = await asyncio.gather(
         *(limiter.check(f"burst-{i}") for i in range(400)), return_exceptions=True
     )

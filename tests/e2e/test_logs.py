@@ -40,9 +40,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from redis.asyncio import Redis
-
     from core.config_store import ApplyResult, ConfigStore
+    from core.gateway import Gateway
 
 PASSWORD = "s3cret-pw-XYZ"
 TOKEN = "tok-SECRET-123"
@@ -186,7 +185,7 @@ def test_a_stream_entry_s_error_line_carries_its_trace_id(secrets: set[str]) -> 
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     applier = Applier(
-        cast("Redis", None),  # not used: a failed apply leaves the entry pending, unfinished
+        cast("Gateway", None),  # not used: a failed apply leaves the entry pending, unfinished
         KeySpace("unit"),
         cast("ConfigStore", _FailingStore()),
         "c1",
@@ -264,6 +263,7 @@ def test_service_logs_are_json_carry_trace_ids_and_no_secrets(
             "ADMIN_TOKEN": TOKEN,
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "debug",  # the most lines: every library's must be JSON and clean
+            "ACCESS_LOG_CHECKS": "true",  # an access line for every request, checks too
             "WORKER_BLOCK_MS": "100",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",

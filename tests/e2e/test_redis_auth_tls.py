@@ -46,9 +46,10 @@ ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window", "gcra")
 ACL_COMMANDS = [
     *("ping", "time"),  # probes; TIME in the scripts (AUTH and HELLO need no grant)
     *("eval", "evalsha"),  # the scripts (EVAL after NOSCRIPT)
-    *("get", "set", "del", "exists", "scan"),  # algorithm state, heartbeats, worker --check
-    *("hget", "hmget", "hset", "hdel", "persist", "pexpire"),  # limits
-    *("zadd", "zcard", "zrange", "zremrangebyscore"),  # the sliding window
+    *("get", "set", "del", "exists", "scan"),  # heartbeats, worker --check
+    *("hget", "hmget", "hgetall", "hkeys", "hset", "hdel"),  # limits and their state
+    *("persist", "pexpire", "pttl"),  # TTLs of state and tombstones
+    *("zadd", "zcard", "zcount", "zrange", "zremrangebyrank"),  # the sliding-window log
     *("xadd", "xack", "xdel", "xlen", "xrange", "xreadgroup", "xautoclaim", "xpending"),
     *("xgroup|create", "xinfo|groups"),  # streams: groups, metrics
     *("publish", "subscribe"),  # notifications

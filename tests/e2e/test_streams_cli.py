@@ -13,9 +13,9 @@ import msgspec
 import pytest
 
 from core.config_store import ConfigStore
-from core.keys import KeySpace
+from core.keys import APPLIERS, KeySpace
 from core.settings import load_settings
-from core.streams import APPLIERS, EVENT_FIELD, publish
+from core.streams import EVENT_FIELD, publish
 from schemas.events import AuditEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from redis.asyncio import Redis
+
+    from core.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +56,7 @@ async def throttler(
 
 
 async def test_apply_10000_limits_and_wait(
-    redis_url: str, prefix: str, redis: Redis, tmp_path: Path
+    redis_url: str, prefix: str, redis: Redis, tmp_path: Path, gateway: Gateway
 ) -> None:
     count = 10_000
     items = [
@@ -79,7 +81,7 @@ async def test_apply_10000_limits_and_wait(
     assert "\r" not in err  # progress bars are for terminals, not pipes and logs
     assert await redis.xlen(keys.config_stream) == count
     assert await redis.xlen(keys.audit_stream) == count
-    store = ConfigStore(redis, keys, 1000)
+    store = ConfigStore(gateway, keys, 1000)
     assert await store.get("bulk:0") == Limit(requests=1, window_ms=60_000)
     assert await store.get("bulk:9999") == Limit(10_000, 60_000, algorithm="gcra", burst=5)
     rows: Any = await redis.xrange(keys.audit_stream, count=1)
@@ -88,14 +90,14 @@ async def test_apply_10000_limits_and_wait(
 
 
 async def test_a_file_with_one_bad_entry_sends_nothing(
-    redis_url: str, prefix: str, redis: Redis, tmp_path: Path
+    redis_url: str, prefix: str, redis: Redis, tmp_path: Path, gateway: Gateway
 ) -> None:
     items = [f"- key: bulk:{i}\n  requests: 10\n  window_ms: 60000\n" for i in range(100)]
     items[56] = "- key: bulk:56\n  requests: 10\n  window_ms: -1\n"  # item 57, line 169
     path = tmp_path / "limits.yaml"
     path.write_text("".join(items), encoding="utf-8")
     keys = KeySpace(prefix)
-    await publish(redis, keys, SetLimit(key="before", limit=Limit(1, 1000)), 1000)
+    await publish(gateway, keys, SetLimit(key="before", limit=Limit(1, 1000)), 1000)
     env = _env(redis_url, prefix)
     done = await throttler(env, "apply", str(path))
     err = done.stderr.decode()
@@ -106,7 +108,7 @@ async def test_a_file_with_one_bad_entry_sends_nothing(
 
 
 async def test_dead_letters_list_and_replay(
-    redis_url: str, prefix: str, redis: Redis, tmp_path: Path
+    redis_url: str, prefix: str, redis: Redis, tmp_path: Path, gateway: Gateway
 ) -> None:
     env = _env(
         redis_url,
@@ -117,10 +119,10 @@ async def test_dead_letters_list_and_replay(
     )
     settings = load_settings(env, env_file=None)
     keys = KeySpace(prefix)
-    store = ConfigStore(redis, keys, settings.tombstone_ttl_ms)
-    await redis.set(keys.config("broken"), "not a hash")  # every apply fails: WRONGTYPE
+    store = ConfigStore(gateway, keys, settings.tombstone_ttl_ms)
+    await redis.set(keys.limit("broken"), "not a hash")  # every apply fails: WRONGTYPE
     limit = Limit(requests=7, window_ms=1000)
-    failing = await publish(redis, keys, SetLimit(key="broken", limit=limit), 1000)
+    failing = await publish(gateway, keys, SetLimit(key="broken", limit=limit), 1000)
     await redis.xadd(keys.config_stream, {EVENT_FIELD: "garbage"})
 
     async with running_worker(settings, "cli-test"):
@@ -155,7 +157,7 @@ async def test_dead_letters_list_and_replay(
         assert missing.returncode == 1
         assert b"not in the dead-letter stream: 1-1" in missing.stdout
 
-        await redis.delete(keys.config("broken"))  # the operator fixes the cause...
+        await redis.delete(keys.limit("broken"))  # the operator fixes the cause...
         replayed = await throttler(env, "dead-letters", "replay", broken["id"])  # ...and replays
         assert replayed.returncode == 0, replayed.stderr
         out = replayed.stdout.decode().strip()

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from core.config_store import ConfigStore
-from core.keys import KeySpace
-from core.streams import APPLIERS, EVENT_FIELD, publish_many
+from core.keys import APPLIERS, KeySpace
+from core.streams import EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from redis.asyncio import Redis
+
+    from core.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -50,14 +52,14 @@ async def pending_ids(redis: Redis, keys: KeySpace, consumer: str | None = None)
 
 
 async def test_kill_9_mid_way_then_another_worker_finishes_exactly(
-    redis_url: str, prefix: str, redis: Redis, tmp_path: Path
+    redis_url: str, prefix: str, redis: Redis, tmp_path: Path, gateway: Gateway
 ) -> None:
     keys = KeySpace(prefix)
     events: list[ConfigEvent] = [
         SetLimit(key=f"k{i % KEYS}", limit=Limit(requests=i + 1, window_ms=60_000), actor="crash")
         for i in range(CHANGES)
     ]
-    ids = await publish_many(redis, keys, events, 1_000_000)
+    ids = await publish_many(gateway, keys, events, 1_000_000)
 
     first = worker(redis_url, prefix, "crash-1").start(tmp_path, wait=False)
     second = worker(redis_url, prefix, "crash-2")
@@ -106,7 +108,7 @@ async def test_kill_9_mid_way_then_another_worker_finishes_exactly(
     assert await redis.xlen(keys.dead_stream) == 0
 
     # Every key ends at its last published value and version.
-    store = ConfigStore(redis, keys, 1000)
+    store = ConfigStore(gateway, keys, 1000)
     last = {e.key: (i, e) for i, e in zip(ids, events, strict=True)}
     for key, (entry_id, event) in last.items():
         assert isinstance(event, SetLimit)

@@ -14,8 +14,8 @@ import msgspec
 import pytest
 
 from core.config_store import ConfigStore
-from core.keys import KeySpace
-from core.streams import APPLIERS, EVENT_FIELD, publish_many
+from core.keys import APPLIERS, KeySpace
+from core.streams import EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, ConfigEvent, SetLimit
 from schemas.limits import Limit
 from tests.support.poll import until
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from redis.asyncio import Redis
+
+    from core.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -61,7 +63,7 @@ async def test_check_exits_1_when_no_worker_runs(redis_url: str, prefix: str) ->
 
 
 async def test_heartbeat_check_and_sigterm(
-    redis_url: str, prefix: str, redis: Redis, tmp_path: Path
+    redis_url: str, prefix: str, redis: Redis, tmp_path: Path, gateway: Gateway
 ) -> None:
     keys = KeySpace(prefix)
     env = _env(redis_url, prefix)
@@ -86,7 +88,7 @@ async def test_heartbeat_check_and_sigterm(
             SetLimit(key=f"k{i % 300}", limit=Limit(requests=i + 1, window_ms=1000))
             for i in range(count)
         ]
-        ids = await publish_many(redis, keys, events, 1_000_000)
+        ids = await publish_many(gateway, keys, events, 1_000_000)
 
         async def started() -> bool:
             return await redis.xlen(keys.audit_stream) >= count // 10
@@ -129,6 +131,6 @@ async def test_heartbeat_check_and_sigterm(
     records = [_audit.decode(fields[EVENT_FIELD.encode()]) for _, fields in rows]
     assert sorted(r.config_id for r in records) == sorted(ids)
     assert {r.worker for r in records} == {consumer, "second"}
-    store = ConfigStore(redis, keys, 1000)
+    store = ConfigStore(gateway, keys, 1000)
     for i in range(count - 300, count):
         assert await store.get(f"k{i % 300}") == Limit(requests=i + 1, window_ms=1000)

@@ -269,6 +269,7 @@ def tokened_service(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Ser
         "ADMIN_TOKEN": ADMIN,
         "CHECK_TOKEN": CHECKER,
         "LOG_LEVEL": "debug",
+        "ACCESS_LOG_CHECKS": "true",  # checks are logged too, so their lines are searched
         "WORKER_METRICS_PORT": "0",
         "WORKER_BLOCK_MS": "100",
     }

@@ -14,21 +14,22 @@ if TYPE_CHECKING:
     from litestar.testing import AsyncTestClient
     from redis.asyncio import Redis
 
+    from core.gateway import Gateway
     from core.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
 
-async def _limits(redis: Redis, settings: Settings, **limits: Limit) -> None:
-    store = ConfigStore(redis, KeySpace(settings.key_prefix), settings.tombstone_ttl_ms)
+async def _limits(gateway: Gateway, settings: Settings, **limits: Limit) -> None:
+    store = ConfigStore(gateway, KeySpace(settings.key_prefix), settings.tombstone_ttl_ms)
     for key, limit in limits.items():
         await store.apply(key, limit)
 
 
 async def test_each_item_gets_its_own_decision(
-    client: AsyncTestClient[Any], redis: Redis, settings: Settings
+    client: AsyncTestClient[Any], redis: Redis, settings: Settings, gateway: Gateway
 ) -> None:
-    await _limits(redis, settings, a=Limit(2, 60000), b=Limit(1, 60000, "fixed_window"))
+    await _limits(gateway, settings, a=Limit(2, 60000), b=Limit(1, 60000, "fixed_window"))
     body = {"checks": [{"key": "a"}, {"key": "b"}, {"key": "b"}, {"key": "a", "tokens": 1}]}
     resp = await client.post("/check", json=body)
     assert resp.status_code == 200
@@ -43,10 +44,10 @@ async def test_each_item_gets_its_own_decision(
 
 
 async def test_all_or_nothing_spends_only_when_every_key_allows(
-    client: AsyncTestClient[Any], redis: Redis, settings: Settings
+    client: AsyncTestClient[Any], gateway: Gateway, settings: Settings
 ) -> None:
     await _limits(
-        redis,
+        gateway,
         settings,
         a=Limit(3, 60000),
         b=Limit(1, 60000, "sliding_window"),
@@ -71,9 +72,9 @@ async def test_all_or_nothing_spends_only_when_every_key_allows(
 
 
 async def test_all_or_nothing_merges_a_key_listed_twice(
-    client: AsyncTestClient[Any], redis: Redis, settings: Settings
+    client: AsyncTestClient[Any], redis: Redis, settings: Settings, gateway: Gateway
 ) -> None:
-    await _limits(redis, settings, a=Limit(3, 60000))
+    await _limits(gateway, settings, a=Limit(3, 60000))
     group = {
         "checks": [{"key": "a", "tokens": 2}, {"key": "a", "tokens": 2}],
         "all_or_nothing": True,
@@ -84,9 +85,9 @@ async def test_all_or_nothing_merges_a_key_listed_twice(
 
 
 async def test_tokens_beyond_capacity_is_an_item_error(
-    client: AsyncTestClient[Any], redis: Redis, settings: Settings
+    client: AsyncTestClient[Any], redis: Redis, settings: Settings, gateway: Gateway
 ) -> None:
-    await _limits(redis, settings, a=Limit(3, 60000))
+    await _limits(gateway, settings, a=Limit(3, 60000))
     data = (
         await client.post("/check", json={"checks": [{"key": "a", "tokens": 4}, {"key": "x"}]})
     ).json()

@@ -12,12 +12,11 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from core.breaker import CircuitBreaker
 from core.errors import RedisUnavailableError
+from core.gateway import Gateway
 from core.keys import KeySpace
 from core.limiter import CheckResult, Limiter
 from core.metrics import Metrics
-from core.redis_client import connect
 from core.scripts import CHECK
 from core.settings import load_settings
 from schemas.limits import Limit
@@ -25,6 +24,7 @@ from schemas.limits import Limit
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from core.breaker import CircuitBreaker
     from core.settings import Settings
     from tests.support.servers import RedisProcess
 
@@ -51,15 +51,13 @@ def own_settings(own_redis: RedisProcess, prefix: str) -> Settings:
 
 
 class Rig:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.metrics = Metrics()
-        self.breaker = CircuitBreaker(FAILURES, COOLDOWN_MS / 1000, self.metrics)
-        self.redis = redis
+        self.gateway = Gateway(settings, self.metrics)
         default = Limit(requests=1_000_000, window_ms=DAY_MS)
         self.limiter_prefix = settings.key_prefix
-        self.limiter = Limiter(
-            redis, KeySpace(settings.key_prefix), default, self.metrics, self.breaker
-        )
+        self.limiter = Limiter(self.gateway, KeySpace(settings.key_prefix), default)
+        self.breaker: CircuitBreaker = self.gateway.breaker("k")  # one node: one breaker
 
     async def timed_check(self, key: str = "k") -> tuple[float, CheckResult | Exception]:
         began = time.perf_counter()
@@ -75,11 +73,11 @@ class Rig:
 
 @pytest.fixture
 async def rig(own_settings: Settings) -> AsyncIterator[Rig]:
-    redis = connect(own_settings)
+    rig = Rig(own_settings)
     try:
-        yield Rig(own_settings, redis)
+        yield rig
     finally:
-        await redis.aclose()
+        await rig.gateway.aclose()
 
 
 def is_open(breaker: CircuitBreaker) -> bool:
@@ -199,7 +197,7 @@ async def test_a_failing_call_in_a_pipelined_batch_fails_alone_and_is_not_an_out
     keys = KeySpace(rig.limiter_prefix)
     client = Redis.from_url(own_redis.url)
     try:
-        await client.hset(keys.state("broken"), "x", "1")
+        await client.set(keys.limit("broken"), "not a hash")
     finally:
         await client.aclose()
     results: dict[str, object] = {}
@@ -217,5 +215,5 @@ async def test_a_failing_call_in_a_pipelined_batch_fails_alone_and_is_not_an_out
         assert all(isinstance(results[k], CheckResult) for k in "abc")
         assert not isinstance(results["broken"], CheckResult | RedisUnavailableError)
         assert "WRONGTYPE" in str(results["broken"])
-    assert rig.limiter.round_trips <= 2 * (FAILURES + 2)  # batches, not one trip per check
+    assert rig.gateway.writes <= 2 * (FAILURES + 2)  # batches, not one trip per check
     assert not is_open(rig.breaker)

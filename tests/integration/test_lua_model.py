@@ -3,8 +3,8 @@
 Every answer field and the stored state itself must match the model after every check.
 Time is injected (``now_us``) so the model sees the clock the script sees. Redis expires
 keys on its own clock, though, which these simulated sequences do not follow, so the
-comparisons talk to Redis through :class:`PersistingRedis`: each check runs in a
-MULTI/EXEC together with a PTTL (checked against the model) and a PERSIST of the state, and
+comparisons talk to Redis through :class:`PersistingGateway`: each check ends, inside the
+script, with a PTTL (checked against the model) and a PERSIST of the key's hash and log, and
 nothing expires behind the model's back. Expiry on the real clock has its own tests below.
 """
 
@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
 import msgspec
 import pytest
 from hypothesis import assume, given, settings
@@ -29,18 +30,19 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from core import algorithms
 from core.config_store import ConfigStore
 from core.errors import LimitValidationError
 from core.keys import KeySpace
 from core.limiter import CheckResult, Limiter
-from core.scripts import CHECK
+from core.scripts import CHECK, Script
 from schemas.limits import ALGORITHMS, Algorithm, Limit
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from core.gateway import Gateway
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 BUCKETS = ("token_bucket", "gcra")
@@ -133,79 +135,96 @@ def scenarios(draw: st.DrawFn, algorithm: Algorithm) -> tuple[Limit, int, list[t
     return limit, start, draw(st.lists(steps, min_size=2, max_size=30))
 
 
-class PersistingRedis(Redis):
-    """The real client, except that every script call runs in a MULTI/EXEC followed by
-    PTTL and PERSIST of the script's state key (KEYS[2]).
-
-    Pipelines (the Limiter's path to Redis) and direct calls (ConfigStore.apply) alike.
-    The PTTL seen right after the latest script call is kept in :attr:`last_pttl`.
+class PersistingGateway:
+    """Stands in for :class:`core.gateway.Gateway` where the Limiter and ConfigStore send
+    their scripts. A check runs in a test build of the check script that ends by reading the
+    PTTL of both keys it touches (the key's hash and its log) and PERSISTing them: inside a
+    script Redis's clock stands still, so nothing expires behind the model's back however
+    slow the machine is. The PTTLs are kept in :attr:`last_pttl`.
     """
 
-    last_pttl = -3
+    cluster = False
 
-    @classmethod
-    def connect(cls, url: str) -> PersistingRedis:
-        client = cls.from_url(url)
-        assert isinstance(client, PersistingRedis)
-        return client
+    def __init__(self, url: str) -> None:
+        self.client = Redis.from_url(url)
+        self.last_pttl = (-3, -3)  # (hash, log)
 
-    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
-        return _PersistingPipeline(self, shard_hint)
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        if script is not CHECK:
+            return _text(await self.client.eval(script.source, len(keys), *keys, *args))
+        reply, hash_ttl, log_ttl = await self.client.eval(
+            PERSISTING_CHECK.source, len(keys), *keys, *args
+        )
+        self.last_pttl = (hash_ttl, log_ttl)
+        return _text(reply)
 
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        return self._run_persisting(sha, numkeys, *keys_and_args)
+    async def call(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await fn(*args)
 
-    async def _run_persisting(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        pipe = self.pipeline()
-        pipe.evalsha(sha, numkeys, *keys_and_args)
-        (reply,) = await pipe.execute()  # NOSCRIPT raises, as a direct EVALSHA would
-        return reply
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
-class _PersistingPipeline(Pipeline):
-    def __init__(self, owner: PersistingRedis, shard_hint: str | None) -> None:
-        super().__init__(owner.connection_pool, owner.response_callbacks, True, shard_hint)
-        self._owner = owner
-        self._extra: set[int] = set()  # positions of the PTTL and PERSIST replies
+#: The check script, answering {decision, PTTL of the hash, PTTL of the log} and leaving
+#: both keys without a TTL.
+PERSISTING_CHECK = Script.from_source(
+    "check",
+    CHECK.source.rsplit("return decide(", 1)[0]
+    + """
+local reply = decide(KEYS[1], KEYS[2], tonumber(ARGV[4]), ARGV[2], now_us(ARGV[1]),
+                     given_limits(5), tonumber(ARGV[3]), true)
+local ttls = {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])}
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+return {reply, ttls[1], ttls[2]}
+""",
+)
 
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        queued = super().evalsha(sha, numkeys, *keys_and_args)
-        self._extra.update((len(self.command_stack), len(self.command_stack) + 1))
-        self.pttl(keys_and_args[1])
-        self.persist(keys_and_args[1])
-        return queued
 
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        replies = await super().execute(raise_on_error)
-        for i in sorted(self._extra):
-            if i + 1 in self._extra:  # a PTTL, followed by its PERSIST
-                self._owner.last_pttl = replies[i]
-        return [r for i, r in enumerate(replies) if i not in self._extra]
+def _text(reply: Any) -> Any:
+    """A reply as the gateway's lanes give it: text, not bytes."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return [_text(r) for r in reply]
+    return reply
+
+
+LETTERS = {"token_bucket": "t", "sliding_window": "s", "fixed_window": "f", "gcra": "g"}
 
 
 @dataclass
 class Probe:
     """One key under test: runs checks and reads back the state the script keeps."""
 
-    redis: Redis
+    gateway: Gateway | PersistingGateway
     keys: KeySpace
     key: str = ""
+    configured: bool = False  # the key's limit is set through the config path (no TTL)
 
     def __post_init__(self) -> None:
         self.key = self.key or f"k{uuid.uuid4().hex}"
-        self.limiter = Limiter(self.redis, self.keys, DEFAULT)
+        # An inline limit's hash lives INLINE_LIMIT_TTL_MS; 1 ms lets the state's own TTL
+        # (the longer one) show, as for a key without a limit of its own.
+        self.limiter = Limiter(cast("Gateway", self.gateway), self.keys, DEFAULT, inline_ttl_ms=1)
 
     @property
-    def state_key(self) -> str:
-        return self.keys.state(self.key)
+    def redis(self) -> Redis:
+        return self.gateway.client
 
     async def stored_state(self, algorithm: Algorithm) -> Any:
         """The state in Redis, in the model's shape (None when there is none)."""
         if algorithm == "sliding_window":
-            entries = await self.redis.zrange(self.state_key, 0, -1, withscores=True)
-            scores = cast("list[tuple[bytes, float]]", entries)
-            return tuple(int(score) for _, score in scores) or None
-        raw = await self.redis.get(self.state_key)
+            entries = await self.redis.zrange(self.keys.log(self.key), 0, -1, withscores=True)
+            log, total = [], None
+            for member, score in cast("list[tuple[bytes, float]]", entries):
+                running, n = (int(v) for v in member.decode().split(":"))
+                if total is not None:
+                    assert running == total + n  # the running totals add up
+                total = running
+                log.append((int(score), n))
+            return tuple(log) or None
+        raw = await self.redis.hget(self.keys.limit(self.key), f"0{LETTERS[algorithm]}")
         if raw is None:
             return None
         text = raw.decode() if isinstance(raw, bytes) else raw
@@ -214,13 +233,18 @@ class Probe:
         a, b = text.split(":")
         return int(a), int(b)
 
-    def check_ttl(self, wrote: bool, want_ms: int) -> None:
-        """A write sets the model's TTL; anything else leaves the (persisted) state alone."""
-        assert isinstance(self.redis, PersistingRedis)
-        if wrote:
-            assert want_ms - 50 <= self.redis.last_pttl <= want_ms
+    def check_ttl(self, algorithm: Algorithm, wrote: bool, want_ms: int) -> None:
+        """A write sets the model's TTL on the state's key (the log for a sliding window,
+        else the hash, which never expires while it holds a configured limit); anything
+        else leaves the (persisted) keys alone."""
+        assert isinstance(self.gateway, PersistingGateway)
+        hash_ttl, log_ttl = self.gateway.last_pttl
+        sliding = algorithm == "sliding_window"
+        ttl = log_ttl if sliding else hash_ttl
+        if wrote and (sliding or not self.configured):
+            assert want_ms - 50 <= ttl <= want_ms
         else:
-            assert self.redis.last_pttl in (-1, -2)  # no TTL since the last PERSIST, or none
+            assert ttl in (-1, -2)  # no TTL since the last PERSIST, or no key
 
 
 def assert_same(
@@ -236,7 +260,7 @@ def assert_same(
         ceil_ms(want.retry_after_us),
     )
     if limit.algorithm == "sliding_window" and state:
-        now = max(now, state[-1])  # the log never runs backwards
+        now = max(now, state[-1][0])  # the log never runs backwards
     assert got.now_ms == now // 1000
     burst = capacity(limit) if limit.algorithm in BUCKETS else 0
     assert (got.algorithm, got.requests, got.window_ms, got.burst) == (
@@ -253,7 +277,7 @@ async def step(probe: Probe, limit: Limit, state: Any, n: int, now: int, inline:
     want, new_state = model_check(limit, state, n, now)
     assert_same(got, want, limit, state, now)
     assert await probe.stored_state(limit.algorithm) == new_state
-    probe.check_ttl(want.allowed and n > 0, expected_ttl_ms(limit, want))
+    probe.check_ttl(limit.algorithm, want.allowed and n > 0, expected_ttl_ms(limit, want))
     return new_state
 
 
@@ -265,7 +289,7 @@ async def compare(probe: Probe, scenario: tuple[Limit, int, list[tuple[int, int]
         # Inline mode: the first check that spends stores the limit (a peek stores nothing),
         # the later ones use the stored one.
         state = await step(probe, limit, state, n, now, inline=True)
-    stored = await ConfigStore(probe.redis, probe.keys, 60_000).get(probe.key)
+    stored = await ConfigStore(cast("Gateway", probe.gateway), probe.keys, 60_000).get(probe.key)
     assert stored == (limit if any(n > 0 for _, n in steps) else None)
 
 
@@ -276,7 +300,7 @@ def test_script_matches_model_over_random_sequences(
     # A sync test with one event loop for all its examples: hypothesis drives the examples,
     # each one a fresh key, and each runs to completion on the loop.
     with asyncio.Runner() as runner:
-        client = PersistingRedis.connect(redis_url)
+        client = PersistingGateway(redis_url)
 
         @EXAMPLES
         @given(scenario=scenarios(algorithm))
@@ -301,10 +325,10 @@ class ScriptVersusModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
-        self.redis = PersistingRedis.connect(self.url)
+        self.gateway = PersistingGateway(self.url)
         self.keys = KeySpace(f"sm{uuid.uuid4().hex[:12]}")
-        self.store = ConfigStore(self.redis, self.keys, 60_000)
-        self.probe = Probe(self.redis, self.keys)
+        self.store = ConfigStore(cast("Gateway", self.gateway), self.keys, 60_000)
+        self.probe = Probe(self.gateway, self.keys, configured=True)
         self.limit = DEFAULT
         self.state: Any = None
         self.now = T0
@@ -316,7 +340,7 @@ class ScriptVersusModel(RuleBasedStateMachine):
         return self.runner.run(wrapper())
 
     def teardown(self) -> None:
-        self.run(self.redis.aclose())
+        self.run(self.gateway.aclose())
         self.runner.close()
 
     async def _apply(self, limit: Limit) -> None:
@@ -366,7 +390,7 @@ class ScriptVersusModel(RuleBasedStateMachine):
         want, after = model_check(self.limit, self.state, 0, self.now)
         assert_same(got, want, self.limit, self.state, self.now)
         self.state = after  # a sliding window drops entries that left the window
-        self.probe.check_ttl(False, 0)
+        self.probe.check_ttl(self.limit.algorithm, False, 0)
 
     @rule()
     def over_capacity(self) -> None:
@@ -404,40 +428,67 @@ TINY = {
 }
 
 
+def state_key(keys: KeySpace, key: str, algorithm: Algorithm) -> str:
+    """The Redis key holding ``key``'s state: the log of a sliding window, else its hash."""
+    return keys.log(key) if algorithm == "sliding_window" else keys.limit(key)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_state_has_a_ttl_and_idle_state_disappears(
-    algorithm: Algorithm, redis: Redis, keys: KeySpace
+    algorithm: Algorithm, gateway: Gateway, redis: Redis, keys: KeySpace
 ) -> None:
     limit = TINY[algorithm]
-    probe = Probe(redis, keys)
-    first = await probe.limiter.check(probe.key, 1, limit)  # server time: Redis's own clock
+    limiter = Limiter(gateway, keys, limit)  # a key on this limit keeps only its state
+    key = f"k{uuid.uuid4().hex}"
+    first = await limiter.check(key, 1)  # server time: Redis's own clock
     while algorithm == "fixed_window" and first.reset_after_ms < 15:
         # Too close to the window's end to read its TTL before it lapses: use a new key in
         # the next window (windows are aligned to the epoch, so this is a matter of ms).
-        probe = Probe(redis, keys)
-        first = await probe.limiter.check(probe.key, 1, limit)
+        key = f"k{uuid.uuid4().hex}"
+        first = await limiter.check(key, 1)
     assert first.allowed
-    pttl = await redis.pttl(probe.state_key)
+    stored = state_key(keys, key, algorithm)
+    pttl = await redis.pttl(stored)
     assert pttl > 0
     # The state outlives the wait to a full limit (it must: until then it is not fresh)...
     assert pttl >= first.reset_after_ms - 20
     # ...and goes soon after: the window, or the refill time plus the bucket's 1 s margin.
     assert pttl <= (first.reset_after_ms + 1000 if algorithm == "token_bucket" else 50)
-    assert await redis.pttl(keys.config(probe.key)) == -1  # the limit itself never expires
 
     async def gone() -> bool:
-        return await redis.exists(probe.state_key) == 0
+        return await redis.exists(keys.limit(key), keys.log(key)) == 0
 
     await poll(gone, timeout_s=5)
-    assert await redis.exists(keys.config(probe.key)) == 1
-    again = await probe.limiter.check(probe.key, 1, limit)
+    again = await limiter.check(key, 1)
     assert (again.allowed, again.remaining) == (True, first.remaining)  # as fresh as before
 
 
 @pytest.mark.anyio
-async def test_script_flush_between_checks_is_harmless(redis: Redis, keys: KeySpace) -> None:
-    probe = Probe(redis, keys)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_a_configured_limit_never_expires_and_idle_state_is_as_fresh(
+    algorithm: Algorithm, gateway: Gateway, redis: Redis, keys: KeySpace
+) -> None:
+    """A configured limit shares its key's hash with the state: the hash never expires, and
+    state that has gone idle answers as a fresh key would."""
+    limit = TINY[algorithm]
+    key = f"k{uuid.uuid4().hex}"
+    await ConfigStore(gateway, keys, 60_000).apply(key, limit, "1-0")
+    limiter = Limiter(gateway, keys, DEFAULT)
+    first = await limiter.check(key, 1)
+    assert first.allowed
+    assert await redis.pttl(keys.limit(key)) == -1
+    await anyio.sleep(0.1 if algorithm != "token_bucket" else 0.06)  # two windows / refills
+    again = await limiter.check(key, 1)
+    assert (again.allowed, again.remaining) == (True, first.remaining)
+    assert await redis.pttl(keys.limit(key)) == -1
+
+
+@pytest.mark.anyio
+async def test_script_flush_between_checks_is_harmless(
+    gateway: Gateway, redis: Redis, keys: KeySpace
+) -> None:
+    probe = Probe(gateway, keys)
     limit = Limit(requests=3, window_ms=60_000, algorithm="gcra")
     first = await probe.limiter.check(probe.key, 1, limit)
     await redis.script_flush()
@@ -450,23 +501,23 @@ async def test_script_flush_between_checks_is_harmless(redis: Redis, keys: KeySp
 @pytest.mark.anyio
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_a_denied_check_leaves_redis_untouched(
-    algorithm: Algorithm, redis: Redis, keys: KeySpace
+    algorithm: Algorithm, gateway: Gateway, redis: Redis, keys: KeySpace
 ) -> None:
     limit = Limit(requests=3, window_ms=60_000, algorithm=algorithm)
-    probe = Probe(redis, keys)
+    probe = Probe(gateway, keys)
     now = T0 + 30_000_000  # mid-window for the 60 s fixed window
     for _ in range(2):
         assert (await probe.limiter.check(probe.key, 1, limit, now_us=now)).allowed
+    stored = state_key(keys, probe.key, algorithm)
 
     async def snapshot() -> tuple[Any, ...]:
-        state = await redis.dump(probe.state_key)
-        config = await redis.hgetall(keys.config(probe.key))
+        dumps = [await redis.dump(name) for name in keys.script_keys(probe.key)]
         names = sorted([name async for name in redis.scan_iter(f"{keys.prefix}:*")])
-        return state, config, names
+        return (*dumps, names)
 
     before = await snapshot()
-    ttl_before = await redis.pttl(probe.state_key)
-    assert before[0] is not None
+    ttl_before = await redis.pttl(stored)
+    assert await redis.exists(stored) == 1
     # Denied: 2 tokens when 1 is left, now and a little later (no refill reaches a token).
     for at in (now, now + 1_000, now + 5_000):
         denied = await probe.limiter.check(probe.key, 2, limit, now_us=at)
@@ -476,39 +527,43 @@ async def test_a_denied_check_leaves_redis_untouched(
     with pytest.raises(LimitValidationError):
         await probe.limiter.check(probe.key, 4, limit, now_us=now)
     assert await snapshot() == before
-    assert 0 < await redis.pttl(probe.state_key) <= ttl_before  # the TTL was not renewed
+    assert 0 < await redis.pttl(stored) <= ttl_before  # the TTL was not renewed
     # The token still there can be spent: the denials took nothing.
     assert (await probe.limiter.check(probe.key, 1, limit, now_us=now + 5_000)).allowed
 
 
 @pytest.fixture
-async def persisting(redis_url: str) -> AsyncIterator[PersistingRedis]:
-    client = PersistingRedis.connect(redis_url)
-    yield client
-    await client.aclose()
+async def persisting(redis_url: str) -> AsyncIterator[PersistingGateway]:
+    gateway = PersistingGateway(redis_url)
+    yield gateway
+    await gateway.aclose()
 
 
 @pytest.mark.anyio
 async def test_sliding_window_keeps_every_entry_when_the_clock_steps_back(
-    persisting: PersistingRedis, keys: KeySpace
+    persisting: PersistingGateway, keys: KeySpace
 ) -> None:
-    """Log members must stay unique even when a prune is followed by an earlier clock.
+    """No admitted check is ever lost from the log, whatever the clock does.
 
-    Members are "<time>:<index>"; the index counts from the entries left in the window.
-    After a later check pruned old entries, a clock stepping back to the time of a kept
-    entry could reuse its index: the new member would overwrite the old one, losing an
-    admitted request and admitting one too many.
+    Entries are unique by their running total, and a clock stepping back writes at the
+    newest entry's time (the log never runs backwards), so a later check can neither
+    overwrite an entry nor slip in before one: tokens admitted at x-10 still count when the
+    clock returns to x after a check at x+990 looked past them.
     """
     limit = Limit(requests=3, window_ms=1, algorithm="sliding_window")  # 1,000 µs
     probe = Probe(persisting, keys)  # its 1 ms TTL must not run out on the real clock
     x = T0 + 500_000
     answers = [
-        await probe.limiter.check(probe.key, 2, limit, now_us=x - 10),  # "x-10:1", "x-10:2"
-        await probe.limiter.check(probe.key, 1, limit, now_us=x),  # "x:3"
-        await probe.limiter.check(probe.key, 0, limit, now_us=x + 990),  # prunes the x-10s
-        await probe.limiter.check(probe.key, 1, limit, now_us=x),  # the clock steps back
-        await probe.limiter.check(probe.key, 1, limit, now_us=x),  # the log is full again
+        await probe.limiter.check(probe.key, 2, limit, now_us=x - 10),
         await probe.limiter.check(probe.key, 1, limit, now_us=x),
+        await probe.limiter.check(probe.key, 0, limit, now_us=x + 990),  # looks past x-10
+        await probe.limiter.check(probe.key, 1, limit, now_us=x),  # the clock steps back
+        await probe.limiter.check(probe.key, 1, limit, now_us=x + 991),  # x-10 has left
+        await probe.limiter.check(probe.key, 2, limit, now_us=x + 991),
     ]
-    assert [a.allowed for a in answers] == [True, True, True, True, True, False]
-    assert await persisting.zcard(probe.state_key) == 3
+    assert [a.allowed for a in answers] == [True, True, True, False, True, False]
+    assert [a.remaining for a in answers] == [1, 0, 2, 0, 1, 1]
+    log = await probe.stored_state("sliding_window")
+    assert log == ((x, 1), (x + 991, 1))  # in order; the write at x+991 dropped x-10
+    newest = await persisting.client.zrange(keys.log(probe.key), -1, -1)
+    assert newest == [b"0000000000000004:1"]  # running total: all 4 tokens admitted

@@ -163,7 +163,7 @@ async def test_config_change_counter_moves_on_a_worker_process(settings: Setting
 
     @asynccontextmanager
     async def worker_process(services: Services) -> AsyncIterator[None]:
-        worker = Worker(services.redis, services.keys, services.settings, metrics=metrics)
+        worker = Worker(services.gateway, services.keys, services.settings, metrics=metrics)
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
             yield

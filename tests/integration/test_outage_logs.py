@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from core.gateway import Gateway
 from core.keys import KeySpace
 from core.notifications import NotificationHub
-from core.redis_client import connect
 from core.settings import load_settings
 from tests.support.poll import until
 from workers.runner import Worker
@@ -35,9 +35,9 @@ async def test_the_hub_and_a_worker_log_an_outage_once_each(
     own_redis.stop()  # down from the start
     env = {"REDIS_URL": own_redis.url, "KEY_PREFIX": prefix, "WORKER_BLOCK_MS": "100"}
     settings = load_settings(env, env_file=None)
-    redis = connect(settings)
-    hub = NotificationHub(redis, KeySpace(prefix).notify_channel)
-    worker = Worker(redis, KeySpace(prefix), settings, "outage")
+    gateway = Gateway(settings)
+    hub = NotificationHub(gateway, KeySpace(prefix).notify_channel)
+    worker = Worker(gateway, KeySpace(prefix), settings, "outage")
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run)
@@ -61,4 +61,4 @@ async def test_the_hub_and_a_worker_log_an_outage_once_each(
             worker.stop()
             tg.cancel_scope.cancel()
     finally:
-        await redis.aclose()
+        await gateway.aclose()

@@ -13,6 +13,7 @@ from schemas.limits import ALGORITHMS, Algorithm, Limit
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from core.gateway import Gateway
     from core.keys import KeySpace
 
 pytestmark = pytest.mark.anyio
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.anyio
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_raising_and_lowering_a_limit_keeps_the_spent_tokens(
-    redis: Redis, keys: KeySpace, algorithm: Algorithm
+    redis: Redis, keys: KeySpace, algorithm: Algorithm, gateway: Gateway
 ) -> None:
-    store = ConfigStore(redis, keys, 60_000)
-    limiter = Limiter(redis, keys, Limit(10, 1000))
+    store = ConfigStore(gateway, keys, 60_000)
+    limiter = Limiter(gateway, keys, Limit(10, 1000))
     await store.apply("k", Limit(10, 60_000, algorithm))
     for _ in range(3):
         assert (await limiter.check("k")).allowed
@@ -40,9 +41,9 @@ async def test_raising_and_lowering_a_limit_keeps_the_spent_tokens(
     assert not (await limiter.check("k")).allowed
 
 
-async def test_a_new_algorithm_starts_full(redis: Redis, keys: KeySpace) -> None:
-    store = ConfigStore(redis, keys, 60_000)
-    limiter = Limiter(redis, keys, Limit(10, 1000))
+async def test_a_new_algorithm_starts_full(redis: Redis, keys: KeySpace, gateway: Gateway) -> None:
+    store = ConfigStore(gateway, keys, 60_000)
+    limiter = Limiter(gateway, keys, Limit(10, 1000))
     await store.apply("k", Limit(10, 60_000, "token_bucket"))
     await limiter.check("k", 4)
     await store.apply("k", Limit(10, 60_000, "gcra"))

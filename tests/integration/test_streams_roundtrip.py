@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from core.keys import KeySpace
+from core.keys import APPLIERS, KeySpace
 from core.settings import Settings, load_settings
-from core.streams import APPLIERS, EVENT_FIELD
+from core.streams import EVENT_FIELD
 from core.telemetry import Telemetry
 from schemas.events import AuditEvent, LimitChanged, config_event_decoder
 from tests.support.poll import until

@@ -15,10 +15,10 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.config_store import ConfigStore
-from core.keys import KeySpace
-from core.redis_client import connect
+from core.gateway import Gateway
+from core.keys import APPLIERS, KeySpace
 from core.settings import Settings, load_settings
-from core.streams import APPLIERS, EVENT_FIELD, publish, publish_many
+from core.streams import EVENT_FIELD, publish, publish_many
 from schemas.events import (
     AuditEvent,
     ConfigEvent,
@@ -53,9 +53,9 @@ def _settings(redis_url: str, prefix: str, **extra: str) -> Settings:
 @asynccontextmanager
 async def running(settings: Settings, *consumers: str) -> AsyncIterator[list[Worker]]:
     """Workers with these consumer names, in this event loop, stopped on exit."""
-    redis = connect(settings)
+    gateway = Gateway(settings)
     keys = KeySpace(settings.key_prefix)
-    workers = [Worker(redis, keys, settings, name) for name in consumers]
+    workers = [Worker(gateway, keys, settings, name) for name in consumers]
     try:
         async with anyio.create_task_group() as tg:
             for worker in workers:
@@ -64,7 +64,7 @@ async def running(settings: Settings, *consumers: str) -> AsyncIterator[list[Wor
             for worker in workers:
                 worker.stop()
     finally:
-        await redis.aclose()
+        await gateway.aclose()
 
 
 async def audits(redis: Redis, keys: KeySpace) -> list[AuditEvent]:
@@ -91,16 +91,16 @@ def _version_after(entry_id: str, ms: int) -> str:
 
 
 async def test_stale_and_redelivered_entries_change_nothing(
-    redis_url: str, prefix: str, redis: Redis
+    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
 ) -> None:
     settings = _settings(redis_url, prefix)
     keys = KeySpace(prefix)
-    store = ConfigStore(redis, keys, settings.tombstone_ttl_ms)
+    store = ConfigStore(gateway, keys, settings.tombstone_ttl_ms)
     old = Limit(requests=1, window_ms=1000)
     newer = Limit(requests=99, window_ms=1000)
     maxlen = settings.stream_maxlen
     ids = await publish_many(
-        redis,
+        gateway,
         keys,
         [
             SetLimit(key="s:replaced", limit=old, actor="late"),
@@ -152,7 +152,7 @@ async def _when(value: Awaitable[T], ok: Callable[[T], bool]) -> T | None:
 
 
 async def test_poison_entries_are_dead_lettered_and_the_worker_keeps_going(
-    redis_url: str, prefix: str, redis: Redis
+    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
 ) -> None:
     settings = _settings(redis_url, prefix)
     keys = KeySpace(prefix)
@@ -182,12 +182,12 @@ async def test_poison_entries_are_dead_lettered_and_the_worker_keeps_going(
         ({b"\xff": b"\xfe", EVENT_FIELD: "{}"}, "invalid event"),
     ]
     bad_ids = [_text(await redis.xadd(stream, fields)) for fields, _ in poison]
-    first_good = await publish(redis, keys, SetLimit(key="p:ok", limit=Limit(5, 1000)), 10_000)
+    first_good = await publish(gateway, keys, SetLimit(key="p:ok", limit=Limit(5, 1000)), 10_000)
 
     async with running(settings, "w1"):
         await until(lambda: _when(audits(redis, keys), lambda r: len(r) == 1))
         # Still consuming after all that:
-        later = await publish(redis, keys, DeleteLimit(key="p:ok"), 10_000)
+        later = await publish(gateway, keys, DeleteLimit(key="p:ok"), 10_000)
         records = await until(lambda: _when(audits(redis, keys), lambda r: len(r) == 2))
     assert [(r.config_id, r.result) for r in records] == [
         (first_good, "created"),
@@ -207,14 +207,14 @@ async def test_poison_entries_are_dead_lettered_and_the_worker_keeps_going(
 
 
 async def test_an_apply_that_keeps_failing_is_dead_lettered_with_its_error(
-    redis_url: str, prefix: str, redis: Redis
+    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
 ) -> None:
     settings = _settings(redis_url, prefix, WORKER_MAX_DELIVERIES="3", **FAST)
     keys = KeySpace(prefix)
     # A limit hash that is not a hash: every apply of this key fails with WRONGTYPE.
-    await redis.set(keys.config("broken"), "not a hash")
-    failing = await publish(redis, keys, SetLimit(key="broken", limit=Limit(5, 1000)), 10_000)
-    fine = await publish(redis, keys, SetLimit(key="fine", limit=Limit(5, 1000)), 10_000)
+    await redis.set(keys.limit("broken"), "not a hash")
+    failing = await publish(gateway, keys, SetLimit(key="broken", limit=Limit(5, 1000)), 10_000)
+    fine = await publish(gateway, keys, SetLimit(key="fine", limit=Limit(5, 1000)), 10_000)
 
     async with running(settings, "w1"):
         letters = await until(lambda: dead_letters(redis, keys), seconds=15)
@@ -230,11 +230,11 @@ async def test_an_apply_that_keeps_failing_is_dead_lettered_with_its_error(
     assert "WRONGTYPE" in letter.reason, letter.reason
     assert json.loads(letter.fields[EVENT_FIELD])["key"] == "broken"
     assert [(r.config_id, r.result) for r in records] == [(fine, "created")]
-    assert await redis.get(keys.config("broken")) == b"not a hash"
+    assert await redis.get(keys.limit("broken")) == b"not a hash"
 
 
 async def test_three_workers_reach_the_state_one_worker_reaches(
-    redis_url: str, redis: Redis
+    redis_url: str, redis: Redis, gateway: Gateway
 ) -> None:
     count, nkeys = 3000, 100
     events: list[ConfigEvent] = []
@@ -255,7 +255,7 @@ async def test_three_workers_reach_the_state_one_worker_reaches(
     async def run(prefix: str, consumers: tuple[str, ...]) -> tuple[dict[str, Any], set[str]]:
         settings = _settings(redis_url, prefix, WORKER_BATCH="20")
         keys = KeySpace(prefix)
-        ids = await publish_many(redis, keys, events, settings.stream_maxlen)
+        ids = await publish_many(gateway, keys, events, settings.stream_maxlen)
         async with running(settings, *consumers):
             await until(
                 lambda: _when(redis.xlen(keys.audit_stream), lambda n: n == count), seconds=30
@@ -263,7 +263,7 @@ async def test_three_workers_reach_the_state_one_worker_reaches(
         records = await audits(redis, keys)
         assert sorted(r.config_id for r in records) == sorted(ids)  # exactly one each
         assert await pending(redis, keys) == 0
-        store = ConfigStore(redis, keys, settings.tombstone_ttl_ms)
+        store = ConfigStore(gateway, keys, settings.tombstone_ttl_ms)
         state = {f"k{i}": await store.get(f"k{i}") for i in range(nkeys)}
         versions = {f"k{i}": await store.version(f"k{i}") for i in range(nkeys)}
         last = {e.key: i for i, e in zip(ids, events, strict=True)}
@@ -279,7 +279,7 @@ async def test_three_workers_reach_the_state_one_worker_reaches(
 
 
 async def test_streams_are_trimmed_to_the_retention(
-    redis_url: str, prefix: str, redis: Redis
+    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
 ) -> None:
     settings = _settings(redis_url, prefix, STREAM_MAXLEN="100")
     keys = KeySpace(prefix)
@@ -289,7 +289,7 @@ async def test_streams_are_trimmed_to_the_retention(
     ]
     # Published ahead of any worker: the config stream keeps about the last STREAM_MAXLEN.
     # Approximate (~) trimming removes whole stream nodes, so at least 100 entries stay.
-    ids = await publish_many(redis, keys, events, maxlen)
+    ids = await publish_many(gateway, keys, events, maxlen)
     assert 100 <= await redis.xlen(keys.config_stream) < 300
 
     async def audited(config_id: str) -> bool:
@@ -301,11 +301,11 @@ async def test_streams_are_trimmed_to_the_retention(
         # Published while a worker keeps up: every entry is audited, and the audit stream
         # is trimmed by the same retention (the finish script's XADD ... MAXLEN ~).
         for start in range(0, 1000, 100):
-            ids = await publish_many(redis, keys, events[start : start + 100], maxlen)
+            ids = await publish_many(gateway, keys, events[start : start + 100], maxlen)
             await until(partial(audited, ids[-1]))
     assert 100 <= await redis.xlen(keys.audit_stream) < 300
     assert 100 <= await redis.xlen(keys.config_stream) < 300
-    store = ConfigStore(redis, keys, settings.tombstone_ttl_ms)
+    store = ConfigStore(gateway, keys, settings.tombstone_ttl_ms)
     assert await store.get("r9") == Limit(1000, 1000)
     assert await pending(redis, keys) == 0
 
@@ -317,10 +317,11 @@ async def test_a_worker_resumes_at_full_speed_after_redis_restarts(prefix: str) 
     try:
         settings = _settings(server.url, prefix, WORKER_BATCH="10", **FAST)
         keys = KeySpace(prefix)
-        client = connect(settings)
+        door = Gateway(settings)
+        client = door.client
         try:
             async with running(settings, "w1"):
-                await publish(client, keys, SetLimit(key="before", limit=Limit(1, 1000)), 100)
+                await publish(door, keys, SetLimit(key="before", limit=Limit(1, 1000)), 100)
                 await until(lambda: client.xlen(keys.audit_stream))
                 server.stop()
                 await anyio.sleep(1.0)  # down for a while: the worker's calls fail meanwhile
@@ -336,15 +337,15 @@ async def test_a_worker_resumes_at_full_speed_after_redis_restarts(prefix: str) 
                 events: list[ConfigEvent] = [
                     SetLimit(key=f"after{i}", limit=Limit(i + 1, 1000)) for i in range(400)
                 ]
-                await publish_many(client, keys, events, 10_000)
+                await publish_many(door, keys, events, 10_000)
                 # 40 batches: far less than the time they would take at a pause per batch.
                 await until(
                     lambda: _when(client.xlen(keys.audit_stream), lambda n: n == 400), seconds=8
                 )
-            store = ConfigStore(client, keys, settings.tombstone_ttl_ms)
+            store = ConfigStore(door, keys, settings.tombstone_ttl_ms)
             assert await store.get("after399") == Limit(400, 1000)
             assert await pending(client, keys) == 0
         finally:
-            await client.aclose()
+            await door.aclose()
     finally:
         server.close()

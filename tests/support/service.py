@@ -30,6 +30,9 @@ _SERVING = re.compile(r"^throttler: serving (\S+) \(docs (\S+)\); redis (\S+)", 
 class ServiceProcess:
     """``throttler <args>`` with the given environment; output goes to a log file.
 
+    ``SHUTDOWN_DRAIN_MS`` defaults to 0 here, so that stopping takes no drain period; the
+    shutdown tests set it. ``session``: run in a session (and process group) of its own,
+    as a service started from a terminal is, so that :meth:`signal_group` can signal it.
     ``embedded``: no ``REDIS_URL`` at all (not even the developer's), as with a bare
     ``make run``: `serve` starts its embedded server and prints its URL.
     """
@@ -39,6 +42,7 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    session: bool = False
     embedded: bool = False
 
     @property
@@ -48,6 +52,9 @@ class ServiceProcess:
     def start(self, tmp_path: Path, *, wait: bool = True) -> ServiceProcess:
         env = {**os.environ, **self.env, "BIND_ADDRESS": f"127.0.0.1:{self.port}"}
         env.setdefault("LOG_LEVEL", "info")
+        # Most e2e tests give their keys limits inline; off is the default (tested apart).
+        env.setdefault("INLINE_LIMITS", "true")
+        env.setdefault("SHUTDOWN_DRAIN_MS", "0")
         if self.embedded:
             env.pop("REDIS_URL", None)
             env.pop("KEY_PREFIX", None)
@@ -58,6 +65,7 @@ class ServiceProcess:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.session,
             )
         if wait:
             self.wait_healthy()
@@ -89,6 +97,17 @@ class ServiceProcess:
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
+
+    def signal_group(self, sig: int) -> None:
+        """``sig`` to the process group, as Ctrl-C in a terminal sends SIGINT."""
+        assert self.proc is not None
+        assert self.session
+        os.killpg(self.proc.pid, sig)
+
+    def problems(self) -> list[str]:
+        """Log lines at level warning or above, and tracebacks: none on a clean run."""
+        bad = ('"level":"warning"', '"level":"error"', '"level":"critical"', "Traceback")
+        return [line for line in self.log().splitlines() if any(b in line for b in bad)]
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, wait, and SIGKILL only if it does not exit in time."""

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from core.gateway import Gateway
 from core.keys import KeySpace
-from core.redis_client import connect
 from workers.runner import Worker
 
 if TYPE_CHECKING:
@@ -21,12 +21,12 @@ __all__ = ["running_worker"]
 
 @asynccontextmanager
 async def running_worker(settings: Settings, consumer: str = "test") -> AsyncIterator[Worker]:
-    redis = connect(settings)
-    worker = Worker(redis, KeySpace(settings.key_prefix), settings, consumer)
+    gateway = Gateway(settings)
+    worker = Worker(gateway, KeySpace(settings.key_prefix), settings, consumer)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
             yield worker
             worker.stop()
     finally:
-        await redis.aclose()
+        await gateway.aclose()

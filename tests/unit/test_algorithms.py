@@ -50,17 +50,6 @@ class Model:
             return algorithms.sliding_window(state, n, now, self.requests, self.window_us)
         return algorithms.fixed_window(state, n, now, self.requests, self.window_us)
 
-    def settled(self, state: Any, now: int) -> Any:
-        """``state`` as the model keeps it after looking at it at ``now``.
-
-        Only the sliding window rewrites state on a read: it drops entries that have left
-        the window, which no later check (at ``now`` or after) can see anyway.
-        """
-        if self.name != "sliding_window" or state is None:
-            return state
-        kept = tuple(t for t in state if t > now - self.window_us)
-        return kept or None
-
 
 @st.composite
 def models(draw: st.DrawFn, names: Sequence[str] = ALL) -> Model:
@@ -121,7 +110,7 @@ def test_a_denied_check_changes_nothing(model: Model, data: st.DataObject) -> No
     n = denying(model, data, state, now)
     denied, after = model.check(state, n, now)
     assert not denied.allowed
-    assert after == model.settled(state, now)
+    assert after == state
     # And nothing later can tell that it happened.
     later = steps(model, data, max_size=6)
     assert replay(model, after, now, later) == replay(model, state, now, later)
@@ -146,7 +135,7 @@ def test_a_peek_changes_nothing_and_answers_as_the_check_would(
     peek, after = model.check(state, 0, now)
     assert peek.allowed
     assert peek.retry_after_us == 0
-    assert after == model.settled(state, now)
+    assert after == state
     asked, _ = model.check(state, n, now)
     assert model.check(after, n, now)[0] == asked  # peeking first made no difference
     assert asked.allowed == (n <= peek.remaining)  # remaining is exactly what can be spent

@@ -89,14 +89,18 @@ def _hash_tag(name: str) -> str:
 
 def test_key_names_share_the_key_hash_tag() -> None:
     keys = KeySpace("throttler")
-    assert keys.config("free:client-123") == "throttler:{free:client-123}:cfg"
-    assert keys.state("free:client-123") == "throttler:{free:client-123}:st"
+    assert keys.limit("free:client-123") == "throttler:{free:client-123}"
+    assert keys.log("free:client-123") == "throttler:{free:client-123}:l"
+    assert keys.script_keys("free:client-123") == [
+        keys.limit("free:client-123"),
+        keys.log("free:client-123"),
+    ]
 
 
 @given(valid_keys, st.from_regex(r"[A-Za-z0-9_\-.]{1,64}", fullmatch=True))
 def test_a_limit_s_keys_hash_to_one_cluster_slot(key: str, prefix: str) -> None:
     keys = KeySpace(prefix)
-    cfg, state = keys.config(key), keys.state(key)
+    cfg, state = keys.script_keys(key)
     assert cfg.startswith(prefix + ":")
     assert state.startswith(prefix + ":")
     assert cfg != state
@@ -107,12 +111,12 @@ def test_a_limit_s_keys_hash_to_one_cluster_slot(key: str, prefix: str) -> None:
 def test_different_keys_and_prefixes_never_collide() -> None:
     a, b = KeySpace("one"), KeySpace("two")
     names = {
-        a.config("k"),
-        a.state("k"),
-        a.config("k2"),
-        a.state("k2"),
-        b.config("k"),
-        b.state("k"),
+        a.limit("k"),
+        a.log("k"),
+        a.limit("k2"),
+        a.log("k2"),
+        b.limit("k"),
+        b.log("k"),
     }
     assert len(names) == 6
 

@@ -71,8 +71,10 @@ def service(name: str) -> dict[str, Any]:
 
 
 def interpolate(value: object) -> str:
-    """A compose value as compose would pass it, ``${VAR:-default}`` taking its default."""
-    return re.sub(r"\$\{(\w+):?-([^}]*)\}", r"\2", str(value))
+    """A compose value as compose would pass it, ``${VAR:-default}`` taking its default and
+    a required ``${VAR:?message}`` a value of the test's own."""
+    value = re.sub(r"\$\{(\w+):\?[^}]*\}", r"<\1 from the environment>", str(value))
+    return re.sub(r"\$\{(\w+):?-([^}]*)\}", r"\2", value)
 
 
 def environment(name: str) -> dict[str, str]:
@@ -592,8 +594,9 @@ def test_service_environment_is_what_the_code_reads() -> None:
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
         assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] in {"http/protobuf", "grpc"}
         assert env["OTEL_SERVICE_NAME"] == f"throttler-{name}"
-    assert environment("api")["ADMIN_TOKEN"] == "change-me"  # ${ADMIN_TOKEN:-change-me}
-    assert service("api")["environment"]["ADMIN_TOKEN"] == "${ADMIN_TOKEN:-change-me}"
+    # Required: compose refuses to start without it, rather than use a guessable default.
+    assert service("api")["environment"]["ADMIN_TOKEN"] == "${ADMIN_TOKEN:?set ADMIN_TOKEN}"
+    assert environment("api")["ADMIN_TOKEN"] == "<ADMIN_TOKEN from the environment>"
     assert environment("worker")["WORKER_METRICS_HOST"] == "0.0.0.0"
 
 
@@ -619,6 +622,31 @@ def test_api_and_worker_commands_and_healthchecks() -> None:
     assert "/health" in " ".join(api["healthcheck"]["test"])
     for name in ("api", "worker"):
         assert service(name)["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def seconds(duration: str) -> float:
+    """A compose duration ("45s", "1m30s") in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert "".join(n + u for n, u in parts) == duration, duration
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def test_stop_grace_periods_outlast_the_shutdown() -> None:
+    """Compose sends SIGKILL after stop_grace_period (default 10 s): the API's drain and its
+    in-flight requests (`serve --grace`, 30 s by default) must fit, as must a worker's batch."""
+    api_env = {k: v for k, v in environment("api").items() if not k.startswith("OTEL_")}
+    drain_s = load_settings(api_env, env_file=None).shutdown_drain_ms / 1000
+    grace_s = _serve_grace(service("api")["command"])
+    assert seconds(service("api")["stop_grace_period"]) >= drain_s + grace_s + 5
+    assert seconds(service("worker")["stop_grace_period"]) >= 10
+
+
+def _serve_grace(command: list[str]) -> float:
+    from throttler.cli import _parser
+
+    grace: float = _parser().parse_args(command[1:]).grace
+    return grace
 
 
 def test_redis_persists_and_never_evicts() -> None:
@@ -715,25 +743,19 @@ def test_operations_doc_lists_every_metric_with_its_labels() -> None:
     assert documented == exported_families()
 
 
-def test_operations_doc_sections_and_manifests() -> None:
+def test_operations_doc_sections() -> None:
     doc = OPERATIONS.read_text()
-    for heading in ("## Failure modes", "## Scaling out", "## Security", "## Troubleshooting"):
+    for heading in (
+        "## Deploying to Kubernetes",
+        "## Rolling deploys and shutdown",
+        "## Failure modes",
+        "## Scaling out",
+        "## Security",
+        "## Troubleshooting",
+    ):
         assert re.search(rf"^{re.escape(heading)}$", doc, re.MULTILINE), heading
+    # The manifests live in deploy/kubernetes/ (tests/unit/test_kubernetes.py), not as
+    # copies in the doc that could drift from them.
     blocks = re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL)
-    manifests = [m for block in blocks for m in yaml.safe_load_all(block) if m]
-    kinds = [m.get("kind") for m in manifests]
-    assert kinds.count("Deployment") == 2
-    for manifest in manifests:
-        if manifest.get("kind") != "Deployment":
-            continue
-        for container in manifest["spec"]["template"]["spec"]["containers"]:
-            for variable in container.get("env", []):
-                name = variable["name"]
-                assert name in SETTING_NAMES or name.startswith("OTEL_"), name
-            assert container["resources"]["requests"], manifest["metadata"]["name"]
-    api, worker = (m for m in manifests if m.get("kind") == "Deployment")
-    probes = api["spec"]["template"]["spec"]["containers"][0]
-    assert probes["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
-    worker_probe = worker["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
-    assert worker_probe["exec"]["command"] == ["throttler", "worker", "--check"]
+    kinds = [m.get("kind") for block in blocks for m in yaml.safe_load_all(block) if m]
+    assert "Deployment" not in kinds

@@ -1,0 +1,354 @@
+"""The check routes, served before Litestar's router: ``POST /rate-limit/{key}/check`` and
+``POST /check``.
+
+A check is most of the traffic, and the framework's per-request machinery (routing,
+dependency resolution, parameter parsing, response objects, middleware stacks) cost three
+times the check itself. These two routes are therefore answered by :class:`LeanChecks`, a
+plain ASGI layer in front of the Litestar app, which does exactly what the routes promise
+and nothing else: key validation, one strict decode of the body, ``CHECK_TOKEN``, the
+failure policy, every header, the same JSON errors and statuses, metrics (children bound
+once), a server span when tracing is on, and an access-log line only when
+``ACCESS_LOG_CHECKS`` asks for one. Everything else goes to Litestar. The two routes stay
+declared in Litestar (``api/routes.py``, ``api/batch.py``) for the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from litestar.enums import ScopeType
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+
+from api.auth import bearer_refusal
+from api.headers import Header, rate_limit_headers
+from api.strict import decode_whole_numbers, validation_problem
+from core.errors import LimitValidationError, RedisUnavailableError
+from core.keys import validate_key
+from schemas.http import (
+    BatchRequest,
+    BatchResponse,
+    BatchResult,
+    CheckAllowed,
+    CheckDenied,
+    CheckRequest,
+    ErrorResponse,
+)
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
+    from api.services import Services
+    from core.limiter import CheckResult
+    from core.metrics import Metrics
+    from core.settings import Settings
+    from core.telemetry import Telemetry
+
+__all__ = ["LeanChecks"]
+
+_log = logging.getLogger("throttler.api")
+_access = logging.getLogger("throttler.access")
+
+SINGLE = "/rate-limit/{key}/check"
+BATCH = "/check"
+
+_encode = msgspec.json.Encoder().encode
+_check_body = msgspec.json.Decoder(CheckRequest | None, strict=True)
+_batch_body = msgspec.json.Decoder(BatchRequest, strict=True)
+_JSON: Header = (b"content-type", b"application/json")
+_NOT_ENFORCED: Header = (b"x-ratelimit-enforced", b"false")
+_EMPTY = CheckRequest()
+
+
+class _AnswerError(Exception):
+    """An error answer, raised from anywhere in a request and sent by :meth:`_serve`."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: list[Header] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or []
+
+
+def _bad(message: str) -> _AnswerError:
+    return _AnswerError(400, "validation_error", message)
+
+
+class LeanChecks:
+    """ASGI: the check routes here, every other request to ``app`` (the Litestar app)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, telemetry: Telemetry):
+        self.app = app
+        self.services: Services | None = None  # set for the app's lifetime (lifespan)
+        self._settings = settings
+        self._max_body = settings.max_body_bytes
+        self._metrics = metrics
+        self._tracer = telemetry.tracer if telemetry.enabled else None
+        self._access = settings.access_log_checks
+        self._bound: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._decisions: dict[tuple[str, str], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == ScopeType.HTTP
+            and scope["method"] == "POST"
+            and self.services is not None
+        ):
+            path: str = scope["path"]
+            if path == BATCH:
+                await self._serve(BATCH, "", scope, receive, send)
+                return
+            if path.startswith("/rate-limit/") and path.endswith("/check"):
+                key = path[12:-6]
+                if key and ("/" not in key or b"%2f" in scope.get("raw_path", b"").lower()):
+                    await self._serve(SINGLE, key, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    # -- one request ----------------------------------------------------------------
+
+    async def _serve(
+        self, route: str, key: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        started = time.perf_counter()
+        span = None
+        if self._tracer is not None:
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            span = self._tracer.start_span(
+                f"POST {route}",
+                context=propagate.extract(carrier),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.route": route,
+                    "http.method": "POST",
+                    "http.target": scope["path"],
+                },
+            )
+        status = 500
+        with trace.use_span(span, end_on_exit=True) if span is not None else nullcontext():
+            try:
+                try:
+                    status, body, headers = await self._answer(route, key, scope, receive)
+                except _AnswerError as answer:
+                    status, headers = answer.status, answer.headers
+                    body = _encode(ErrorResponse(answer.code, answer.message))
+                except Exception:
+                    _log.exception("unhandled error")
+                    status, headers = 500, []
+                    body = _encode(ErrorResponse("internal_error", "internal error"))
+                start: Any = {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
+                }
+                await send(start)
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            finally:
+                # Inside the span: an access line carries the request's trace id.
+                self._record(route, status, time.perf_counter() - started)
+                if span is not None:
+                    span.set_attribute("http.status_code", status)
+
+    async def _answer(
+        self, route: str, key: str, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[Header]]:
+        services = self.services
+        assert services is not None
+        refusal = bearer_refusal(_header(scope, b"authorization"), self._settings.check_token)
+        if refusal is not None:
+            message, challenge = refusal
+            challenge_header = (b"www-authenticate", challenge.encode())
+            raise _AnswerError(401, "unauthorized", message, [challenge_header])
+        if route == SINGLE:
+            try:
+                validate_key(key)
+            except Exception as exc:
+                raise _AnswerError(400, "invalid_key", str(exc)) from None
+        body = await self._body(scope, receive)
+        if route == SINGLE:
+            return await self._single(services, key, body)
+        return await self._batch(services, body)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        length = _header(scope, b"content-length")
+        if length.isdigit() and int(length) > self._max_body:
+            raise _AnswerError(413, "payload_too_large", "request body is too large")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _AnswerError(400, "validation_error", "the client went away")
+            chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+            size += len(chunk)
+            if size > self._max_body:
+                raise _AnswerError(413, "payload_too_large", "request body is too large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # -- POST /rate-limit/{key}/check -------------------------------------------------
+
+    async def _single(
+        self, services: Services, key: str, body: bytes
+    ) -> tuple[int, bytes, list[Header]]:
+        request = (_decode(_check_body, body) or _EMPTY) if body.strip() else _EMPTY
+        inline = request.inline_limit()
+        if inline is not None and not self._settings.inline_limits:
+            raise _bad(
+                "inline limits are off (INLINE_LIMITS=false): set the key's limit with "
+                "POST /rate-limit/{key}, or ask the operator to allow inline limits"
+            )
+        started = time.perf_counter()
+        try:
+            result = await services.limiter.check(key, request.tokens, inline)
+        except LimitValidationError as exc:
+            self._decision("unknown", "rejected").inc()
+            raise _bad(str(exc)) from None
+        except RedisUnavailableError as exc:
+            return self._degraded(exc, 1, _encode(CheckAllowed(True, 0, 0, 0, enforced=False)))
+        self._metrics.check_duration.observe(time.perf_counter() - started)
+        headers = rate_limit_headers(result)
+        if result.allowed:
+            self._decision(result.algorithm, "allowed").inc()
+            allowed = CheckAllowed(True, result.remaining, result.limit, result.reset_after_ms)
+            return 200, _encode(allowed), headers
+        self._decision(result.algorithm, "denied").inc()
+        denied = CheckDenied(
+            allowed=False,
+            remaining=result.remaining,
+            limit=result.limit,
+            retry_after_ms=result.retry_after_ms,
+            reset_after_ms=result.reset_after_ms,
+            message=f"rate limit exceeded; retry after {result.retry_after_ms} ms",
+        )
+        return 429, _encode(denied), headers
+
+    # -- POST /check ------------------------------------------------------------------
+
+    async def _batch(self, services: Services, body: bytes) -> tuple[int, bytes, list[Header]]:
+        if not body.strip():
+            raise _bad("a JSON body is required")
+        request = _decode(_batch_body, body)
+        items = [(item.key, item.tokens) for item in request.checks]
+        limiter = services.limiter
+        try:
+            if request.all_or_nothing:
+                outcomes = await limiter.check_all(items)
+            else:
+                outcomes = await limiter.check_many(items)
+        except LimitValidationError as exc:
+            raise _bad(str(exc)) from None
+        except RedisUnavailableError as exc:
+            allowed = [BatchResult(key, True, 0, 0, 0) for key, _ in items]
+            return self._degraded(exc, len(items), _encode(BatchResponse(True, allowed)))
+        results = [_batch_result(key, o) for (key, _), o in zip(items, outcomes, strict=True)]
+        for outcome in outcomes:
+            if isinstance(outcome, LimitValidationError):
+                self._decision("unknown", "rejected").inc()
+            else:
+                decision = "allowed" if outcome.allowed else "denied"
+                self._decision(outcome.algorithm, decision).inc()
+        return 200, _encode(BatchResponse(all(r.allowed for r in results), results)), []
+
+    # -- shared -----------------------------------------------------------------------
+
+    def _degraded(
+        self, exc: RedisUnavailableError, count: int, open_body: bytes
+    ) -> tuple[int, bytes, list[Header]]:
+        """Redis could not answer: FAILURE_POLICY decides (closed: 503, open: allowed)."""
+        policy = self._settings.failure_policy
+        self._metrics.degraded.labels(policy).inc(count)
+        decision = "degraded_allowed" if policy == "open" else "degraded_denied"
+        self._decision("unknown", decision).inc(count)
+        if policy == "closed":
+            _log.warning("redis unavailable: %s", exc)
+            raise _AnswerError(
+                503,
+                "redis_unavailable",
+                "the rate-limit store (Redis) is unavailable; retry shortly",
+                [(b"retry-after", b"1")],
+            )
+        # Fail open: allow, and say plainly that nothing was enforced.
+        return 200, open_body, [_NOT_ENFORCED]
+
+    def _decision(self, algorithm: str, decision: str) -> Any:
+        child = self._decisions.get((algorithm, decision))
+        if child is None:
+            child = self._decisions[algorithm, decision] = self._metrics.checks.labels(
+                algorithm, decision
+            )
+        return child
+
+    def _record(self, route: str, status: int, elapsed: float) -> None:
+        bound = self._bound.get((route, status))
+        if bound is None:
+            bound = self._bound[route, status] = (
+                self._metrics.http_requests.labels(route, "POST", str(status)),
+                self._metrics.http_duration.labels(route, "POST"),
+            )
+        bound[0].inc()
+        bound[1].observe(elapsed)
+        # Answers are not logged one by one (ACCESS_LOG_CHECKS turns that on); errors are.
+        logged = self._access or (status >= 400 and status != 429)
+        if logged and _access.isEnabledFor(logging.INFO):
+            _access.info(
+                "POST %s %d %.1fms",
+                route,
+                status,
+                elapsed * 1000,
+                extra={
+                    "event": "access",
+                    "route": route,
+                    "method": "POST",
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        try:
+            return decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            if "got `float`" not in str(exc):
+                raise
+            # 10.0 is an integer in JSON Schema (api.strict); only such bodies take this path.
+            return decode_whole_numbers(body, decoder.type)
+    except msgspec.ValidationError as exc:
+        field, message = validation_problem(exc)
+        if field is None and message.startswith("Expected"):  # the body's own type
+            message = f"JSON body: {message}"
+        raise _bad(f"{field}: {message}" if field else message) from None
+    except msgspec.DecodeError as exc:
+        raise _bad(f"malformed JSON body: {exc}") from None
+    except UnicodeDecodeError:
+        raise _bad("malformed JSON body: not valid UTF-8") from None
+    except RecursionError:
+        raise _bad("malformed JSON body: nested too deeply") from None
+
+
+def _batch_result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResult:
+    if isinstance(outcome, LimitValidationError):
+        return BatchResult(key, False, 0, 0, 0, error="validation_error", message=str(outcome))
+    return BatchResult(
+        key,
+        outcome.allowed,
+        outcome.remaining,
+        outcome.limit,
+        outcome.reset_after_ms,
+        retry_after_ms=None if outcome.allowed else outcome.retry_after_ms,
+    )

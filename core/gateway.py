@@ -1,0 +1,434 @@
+"""The Redis gateway: the one door between the service and Redis.
+
+It owns the clients, and is the one place that
+
+* turns driver errors into the project's own (:class:`RedisUnavailableError` when Redis
+  could not answer: down, timing out, busy running a script, loading, read-only after a
+  failover, out of memory, a cluster that is down), once, for every caller;
+* decodes replies (script replies come back as text; :func:`text` for the rest);
+* makes every Redis Cluster decision (which node, which slot, redirects, fan-out);
+* runs scripts on the hot path: pipelined per node (:mod:`core.lanes`), each node behind a
+  circuit breaker of its own, so a dead node costs its own keys a timeout and nothing else.
+
+Everything else (streams, Pub/Sub, probes) uses :attr:`Gateway.client`, redis-py's client,
+through :meth:`Gateway.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from core.breaker import CircuitBreaker
+from core.errors import RedisUnavailableError
+from core.lanes import Batch, BatchCall, Call, Lane, ReplyError
+from core.settings import redact_url
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from core.metrics import Metrics
+    from core.scripts import Script
+    from core.settings import Settings
+    from core.telemetry import Telemetry
+
+__all__ = [
+    "UNAVAILABLE_ERRORS",
+    "Gateway",
+    "describe",
+    "is_unavailable",
+    "make_client",
+    "text",
+]
+
+T = TypeVar("T")
+
+#: Driver exceptions that mean "Redis could not answer" (as opposed to a bug or a bad
+#: command): also a full Redis (noeviction), a demoted master after a failover, a master
+#: that is down, a server still loading its data.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,  # includes BusyLoadingError (LOADING)
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    MasterDownError,
+    OSError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means Redis could not answer now (retrying later may work).
+
+    ``BUSY`` (a script ran past ``lua-time-limit``) has no exception class of its own in
+    redis-py: every client of that server is refused until the script ends.
+    """
+    if isinstance(exc, (*UNAVAILABLE_ERRORS, RedisUnavailableError)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY ")
+
+
+def _unavailable(what: str, exc: BaseException) -> RedisUnavailableError:
+    error = RedisUnavailableError(f"{what}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def text(value: bytes | str | int | None) -> str:
+    """A reply value as text ("" for nil)."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def describe(settings: Settings) -> str:
+    """The Redis target as it may appear in a log line (password redacted)."""
+    return redact_url(settings.redis_url) or "(embedded)"
+
+
+def make_client(settings: Settings, url: str | None = None, *, blocking_ms: int = 0) -> Redis:
+    """A redis-py client for ``url`` (default ``REDIS_URL``) with the configured timeouts.
+
+    ``blocking_ms`` lengthens the read timeout for clients that issue blocking commands
+    (``XREADGROUP ... BLOCK``), which must not time out before the server answers.
+    With ``REDIS_CLUSTER=true`` the client is a :class:`RedisCluster`; it offers the same
+    commands for everything this project uses, so it is typed as :class:`Redis`.
+    """
+    target = url or settings.redis_url
+    if target is None:
+        raise RedisUnavailableError("REDIS_URL is not set")
+    timeout = settings.redis_timeout_ms / 1000
+    options: dict[str, Any] = {
+        "socket_timeout": timeout + blocking_ms / 1000,
+        "socket_connect_timeout": timeout,
+        "max_connections": settings.redis_max_connections,
+        "health_check_interval": 0,
+        # No silent retries (redis-py retries 10 times with backoff by default): a failed
+        # call fails at once and the circuit breaker and FAILURE_POLICY decide what next.
+        # A retry could also run a check twice when a connection dies after the script ran.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if settings.redis_cluster:
+        cluster: Any = RedisCluster.from_url(target, **options)
+        return cluster  # type: ignore[no-any-return]
+    # A blocking pool: past max_connections a call waits (up to the timeout) for a free
+    # connection instead of failing at once with "Too many connections".
+    # Maintenance notifications (a RESP3 feature of managed Redis offerings) stay off: while
+    # they are on - redis-py 8.1 defaults them to "auto" - the pool skips its check that an
+    # idle connection is still open, so the first command after a Redis restart or failover
+    # failed on a dead socket ("Connection closed by server", /ready flapping to 503).
+    pool = BlockingConnectionPool.from_url(
+        target,
+        timeout=timeout,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        **options,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+class Gateway:
+    """The clients of one process (or one CLI command) and every call made through them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        url: str | None = None,
+        blocking_ms: int = 0,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.client: Redis = make_client(settings, url, blocking_ms=blocking_ms)
+        # Script calls skip redis-py's instrumented command path: with tracing on, the
+        # gateway reports each as a client span of its own (never a key in it).
+        self._tracer = (
+            telemetry.tracer_provider.get_tracer("throttler.gateway")
+            if telemetry is not None and telemetry.enabled
+            else None
+        )
+        self.cluster = isinstance(self.client, RedisCluster)
+        self._timeout_s = settings.redis_timeout_ms / 1000
+        self._metrics = metrics
+        self._breaker_failures = settings.breaker_failures
+        self._breaker_cooldown_s = settings.breaker_cooldown_ms / 1000
+        self._lanes: dict[str, tuple[Lane, CircuitBreaker]] = {}
+        # Cluster node pools refuse (MaxConnectionsError) rather than wait once
+        # REDIS_MAX_CONNECTIONS are busy: fan-out is bounded to half of them.
+        self._fanout = asyncio.Semaphore(max(1, settings.redis_max_connections // 2))
+        self._refreshing: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- every call -----------------------------------------------------------------
+
+    async def call(
+        self, what: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        """``await fn(*args, **kwargs)`` with driver errors wrapped; measured as ``what``."""
+        started = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            if is_unavailable(exc):
+                self._count_error(what)
+                raise _unavailable(what, exc) from exc
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.redis_duration.labels(what).observe(time.perf_counter() - started)
+
+    def _count_error(self, what: str) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_errors.labels(what).inc()
+
+    async def ping(self) -> bool:
+        return bool(await self.call("ping", self.client.ping))
+
+    async def prepare(self, *, strict: bool = False) -> None:
+        """Make a cluster client learn the cluster's layout before any concurrent use.
+
+        redis-py's asyncio cluster client initializes lazily; many first commands at once
+        race that initialization. Unless ``strict``, errors are left to the first real call
+        (Redis may be down at start-up).
+        """
+        if not self.cluster:
+            return
+        cluster: Any = self.client
+        if strict:
+            await self.call("initialize", cluster.initialize)
+            return
+        with suppress(*UNAVAILABLE_ERRORS):
+            await cluster.initialize()
+
+    async def aclose(self) -> None:
+        for lane, _ in self._lanes.values():
+            await lane.aclose()
+        self._lanes.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    # -- scripts --------------------------------------------------------------------
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` once, pipelined with the other calls of this loop turn.
+
+        Through the breaker of the node that holds ``keys[0]``: while it is open the call
+        fails at once. Nothing is retried (a script could run twice).
+        """
+        lane, breaker = self._lane(keys[0])
+        breaker.admit()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        lane.submit(Call(script, keys, args, future))
+        if self._tracer is not None:
+            future.add_done_callback(self._client_span(script))
+        try:
+            reply = await future
+        except Exception as exc:
+            raise self._failed(script, breaker, exc) from exc
+        except BaseException:
+            breaker.abandon()  # cancelled: no verdict on Redis
+            raise
+        breaker.success()
+        return reply
+
+    async def run_many(self, script: Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)``: replies (or the exception each call met,
+        :class:`RedisUnavailableError` for an unavailable node) in order. Calls on one key
+        run in the order given; one write per node."""
+        batch = Batch(len(calls))
+        breakers = []
+        for index, (keys, args) in enumerate(calls):
+            lane, breaker = self._lane(keys[0])
+            breakers.append(breaker)
+            call = BatchCall(script, keys, args, batch, index)
+            try:
+                breaker.admit()
+            except RedisUnavailableError as refused:
+                call.fail(refused)
+            else:
+                lane.submit(call)
+        replies = await batch.future
+        for index, (reply, breaker) in enumerate(zip(replies, breakers, strict=True)):
+            if isinstance(reply, BaseException):
+                replies[index] = self._failed(script, breaker, reply)
+            else:
+                breaker.success()
+        return replies
+
+    def _client_span(self, script: Script) -> Callable[[asyncio.Future[Any]], None]:
+        """A client span for one script call, ended by its reply (OTel DB conventions)."""
+        assert self._tracer is not None
+        span = self._tracer.start_span(
+            "EVALSHA",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system": "redis",
+                "db.operation.name": "EVALSHA",
+                "db.statement": f"EVALSHA {script.name} ?",
+            },
+        )
+
+        def end(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                span.set_status(Status(StatusCode.ERROR, type(future.exception()).__name__))
+            span.end()
+
+        return end
+
+    def _failed(self, script: Script, breaker: CircuitBreaker, exc: BaseException) -> Exception:
+        """What a failed script call raises: unavailability wrapped (and counted against
+        the node's breaker), anything else (a refusal, a bug) as it is."""
+        if isinstance(exc, RedisUnavailableError):
+            return exc  # the breaker refused it: not a new failure
+        if is_unavailable(exc):
+            breaker.failure()
+            self._count_error(script.name)
+            self._refresh()
+            return _unavailable(script.name, exc)
+        breaker.success()
+        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+    def breaker(self, key: str) -> CircuitBreaker:
+        """The circuit breaker of the node that holds ``key``."""
+        return self._lane(key)[1]
+
+    @property
+    def writes(self) -> int:
+        """Pipelined round trips started for scripts (fewer than calls under load)."""
+        return sum(lane.writes for lane, _ in self._lanes.values())
+
+    def one_slot(self, keys: list[str]) -> bool:
+        """True when a script may touch all of ``keys`` at once (always, off a cluster)."""
+        return not self.cluster or len({key_slot(k.encode()) for k in keys}) <= 1
+
+    def _lane(self, key: str) -> tuple[Lane, CircuitBreaker]:
+        if not self.cluster:
+            name = ""
+            make: Callable[[], Any] = self.client.connection_pool.make_connection
+        else:
+            cluster: Any = self.client
+            node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+            name = node.name
+
+            def make() -> Any:
+                return node.connection_class(**node.connection_kwargs)
+
+        found = self._lanes.get(name)
+        if found is None:
+            breaker = CircuitBreaker(
+                self._breaker_failures, self._breaker_cooldown_s, self._metrics
+            )
+            found = self._lanes[name] = (Lane(make, self._timeout_s, self._reply_error), breaker)
+        return found
+
+    def _reply_error(self, call: Call, reply: ReplyError) -> BaseException | None:
+        """An error reply as redis-py would raise it; cluster redirects are followed."""
+        parsed = _parse_error(str(reply))
+        if self.cluster and isinstance(parsed, AskError):
+            task = asyncio.get_running_loop().create_task(self._redirect(call, parsed))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return None
+        if isinstance(parsed, ClusterDownError | RedisConnectionError):
+            self._refresh()
+        return parsed
+
+    async def _redirect(self, call: Call, error: AskError) -> None:
+        """Follow MOVED/ASK with redis-py's cluster client, which also learns the new
+        owner of the slot: later calls go straight there."""
+        cluster: Any = self.client
+        with suppress(Exception):
+            await cluster.nodes_manager.move_slot(error)
+        try:
+            try:
+                reply = await cluster.evalsha(
+                    call.script.sha, len(call.keys), *call.keys, *call.args
+                )
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                reply = await cluster.eval(
+                    call.script.source, len(call.keys), *call.keys, *call.args
+                )
+        except Exception as exc:
+            call.fail(exc)
+            return
+        call.settle(_decoded(reply))
+
+    def _refresh(self) -> None:
+        """Re-read the cluster's layout, at most one refresh in flight."""
+        if not self.cluster or self._refreshing is not None:
+            return
+        cluster: Any = self.client
+
+        async def refresh() -> None:
+            try:
+                with suppress(Exception):
+                    await cluster.nodes_manager.initialize()
+            finally:
+                self._refreshing = None
+
+        self._refreshing = asyncio.get_running_loop().create_task(refresh())
+        self._tasks.add(self._refreshing)
+        self._refreshing.add_done_callback(self._tasks.discard)
+
+    # -- fan-out --------------------------------------------------------------------
+
+    async def publish_many(self, channel: str, messages: list[bytes]) -> None:
+        """PUBLISH each message, in order off a cluster (cluster pipelines refuse it)."""
+        if self.cluster:
+
+            async def one(message: bytes) -> None:
+                async with self._fanout:
+                    await self.client.publish(channel, message)
+
+            await self.call("publish", _gather, [one(m) for m in messages])
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for message in messages:
+            pipe.publish(channel, message)
+        await self.call("publish", pipe.execute)
+
+
+async def _gather(awaitables: list[Awaitable[Any]]) -> list[Any]:
+    return list(await asyncio.gather(*awaitables))
+
+
+def _parse_error(message: str) -> BaseException:
+    from redis._parsers.base import BaseParser  # noqa: PLC0415 - redis-py's error table
+
+    parsed: BaseException = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return parsed
+
+
+def _decoded(reply: Any) -> Any:
+    """A redis-py reply (bytes) as the lanes give it (text)."""
+    if isinstance(reply, bytes):
+        return reply.decode(errors="replace")
+    if isinstance(reply, list):
+        return [_decoded(r) for r in reply]
+    return reply
