@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# `make run` needs the service and its embedded Redis; `make test` adds the dev tools.
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test test-valkey lint typecheck unit bench schema clean help
 
@@ -14,30 +16,37 @@ help:
 	@echo "make test-valkey  run the core suite against Valkey (the embedded server)"
 	@echo "make bench        run the benchmark (wrk, redis-benchmark, tests/benchmarks); writes bench/results.json"
 
-# The service and, beside it, the client distribution of clients/python (editable).
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[embedded]"
+	@touch $(RUN_STAMP)
+
+# The service with the dev tools and, beside it, the client distribution of
+# clients/python (editable).
+$(TEST_STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,embedded]" -e ./clients/python
-	@touch $(STAMP)
+	@touch $(TEST_STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/throttler serve
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/pytest -q
 
-test-valkey: $(STAMP)
+test-valkey: $(TEST_STAMP)
 	THROTTLER_TEST_SERVER=valkey $(BIN)/pytest -q tests/unit tests/integration
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench
 

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-import msgspec
 from litestar import Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, Parameter
 
 from api.auth import admin_guard
+from api.openapi import ADMIN
 from core.dead_letters import Replayed, list_dead_letters, replay_dead_letters
 from core.errors import NotFoundError
-from schemas.events import DeadLetter
+from schemas.events import DeadLetterEntry
 from schemas.http import ErrorResponse
 
 if TYPE_CHECKING:
     from api.services import Services
 
 __all__ = ["ADMIN_ROUTES"]
-
-
-class DeadLetterEntry(msgspec.Struct):
-    id: str
-    letter: DeadLetter
 
 
 Count = Annotated[int, Parameter(ge=1, le=10_000, description="How many, oldest first.")]
@@ -38,6 +33,8 @@ def _services(request: Request[Any, Any, Any]) -> Services:
     "/dead-letters",
     tags=["admin"],
     guards=[admin_guard],
+    security=ADMIN,
+    operation_id="list_dead_letters",
     summary="List dead letters",
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid `count` (`validation_error`)."),
@@ -50,15 +47,16 @@ async def dead_letters(
 ) -> list[DeadLetterEntry]:
     """Config entries that could not be applied, with the reason, oldest first."""
     services = _services(request)
-    rows = await list_dead_letters(services.gateway, services.keys, count)
-    return [DeadLetterEntry(dead_id, letter) for dead_id, letter in rows]
+    return await list_dead_letters(services.gateway, services.keys, count)
 
 
 @post(
     "/dead-letters/{dead_id:str}/replay",
     tags=["admin"],
     guards=[admin_guard],
+    security=ADMIN,
     status_code=200,
+    operation_id="replay_dead_letter",
     summary="Replay one dead letter",
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid request (`validation_error`)."),

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.config.cors import CORSConfig
+from litestar.middleware._internal.cors import CORSMiddleware  # (public alias deprecated)
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.metrics import NoOpMeterProvider
 
@@ -22,9 +22,12 @@ from api.drain import Drain
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
+from api.openapi import complete_document, openapi_config
 from api.policies import POLICY_ROUTES
+from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
+from api.tickets import redact_ticket_in_span
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
 from core.gateway import Gateway, describe
@@ -35,7 +38,6 @@ from core.mutations import Mutations
 from core.notifications import NotificationHub
 from core.policies import PolicySync, PolicyTable, Resolved
 from core.telemetry import Telemetry
-from core.version import VERSION
 from schemas.limits import Limit
 
 if TYPE_CHECKING:
@@ -81,6 +83,33 @@ def build_services(
         policies=policies,
         telemetry=telemetry,
         drain=drain,
+    )
+
+
+#: What a browser page may read from an answer (besides the CORS-safelisted headers).
+_EXPOSED = [
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "X-RateLimit-Window",
+    "X-RateLimit-Enforced",
+    "RateLimit-Policy",
+    "RateLimit",
+]
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Cross-origin access for the web origins in ``CORS_ORIGINS`` (none by default)."""
+    origins = settings.cors_origin_list
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=_EXPOSED,
+        max_age=600,
     )
 
 
@@ -142,12 +171,14 @@ def create_app(
                     tracer_provider=telemetry.tracer_provider,
                     meter_provider=NoOpMeterProvider(),
                     scope_span_details_extractor=span_details,
+                    server_request_hook_handler=redact_ticket_in_span,
                     exclude=["/metrics", "/health", "/ready"],
                 )
             )
         )
     app = Litestar(
         route_handlers=[
+            *PROBE_ROUTES,
             *ROUTES,
             *POLICY_ROUTES,
             *BATCH_ROUTES,
@@ -160,15 +191,13 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="Throttler",
-            version=VERSION,
-            description="Distributed rate limiting on Redis: limits, checks, probes.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
-        ),
+        openapi_config=openapi_config(),
         logging_config=None,
     )
+    complete_document(app.openapi_schema)  # built once here, served as completed
     lean = LeanChecks(ObservedApp(app.asgi_handler, metrics), settings, metrics, telemetry)
-    app.asgi_handler = lean
+    cors = _cors(settings)
+    # CORS goes around the lean check layer too (Litestar's own cors_config would sit inside
+    # it, and check answers would miss their CORS headers).
+    app.asgi_handler = lean if cors is None else CORSMiddleware(app=lean, config=cors)
     return app

@@ -1,13 +1,17 @@
-"""Bearer-token guards. ``ADMIN_TOKEN`` guards limit CRUD, dead letters and notifications;
-``CHECK_TOKEN`` (optional) guards checks. Tokens are compared in constant time."""
+"""Bearer-token guards. ``ADMIN_TOKEN`` guards limit CRUD, dead letters and notifications
+(which also take a notification ticket, see api.tickets); ``CHECK_TOKEN`` (optional) guards
+checks. Tokens are compared in constant time."""
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, WebSocketException
+
+from api.tickets import ticket_is_valid
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -15,7 +19,13 @@ if TYPE_CHECKING:
 
     from api.services import Services
 
-__all__ = ["WS_UNAUTHORIZED", "admin_guard", "bearer_refusal", "check_guard"]
+__all__ = [
+    "WS_UNAUTHORIZED",
+    "admin_guard",
+    "bearer_refusal",
+    "check_guard",
+    "notification_guard",
+]
 
 _CHALLENGE = 'Bearer realm="throttler"'
 _INVALID = 'Bearer realm="throttler", error="invalid_token"'
@@ -66,3 +76,21 @@ async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
 
 async def check_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     _require(connection, _services(connection).settings.check_token)
+
+
+async def notification_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """The admin token, or a valid notification ticket in ``?ticket=`` (for browsers).
+
+    Every credential presented must be valid: a wrong token is refused even beside a good
+    ticket, and a bad ticket even beside a good token.
+    """
+    token = _services(connection).settings.admin_token
+    if token is None:
+        return
+    ticket = connection.query_params.get("ticket")
+    if ticket is not None and not ticket_is_valid(token, ticket, time.time_ns() // 1_000_000):
+        _refuse(connection, "invalid or expired notification ticket", _INVALID)
+    if ticket is None or "authorization" in connection.headers:
+        _require(connection, token)

@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from api.auth import check_guard
+from api.openapi import CHECK
 from schemas.http import BatchRequest, BatchResponse, ErrorResponse
 
 __all__ = ["BATCH_ROUTES"]
@@ -18,7 +19,9 @@ __all__ = ["BATCH_ROUTES"]
     "/check",
     tags=["checks"],
     guards=[check_guard],
+    security=CHECK,
     status_code=200,
+    operation_id="check_many",
     summary="Check many keys at once",
     responses={
         400: ResponseSpec(ErrorResponse, description="Invalid body (`validation_error`)."),

@@ -6,7 +6,9 @@ This is the only place that turns the project's errors into HTTP statuses.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from litestar import Response
 from litestar.exceptions import (
@@ -30,6 +32,7 @@ from core.errors import (
     NotFoundError,
     RedisUnavailableError,
 )
+from core.keys import validate_key
 from schemas.http import ErrorResponse
 
 if TYPE_CHECKING:
@@ -74,8 +77,28 @@ def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response
     return error_response(HTTP_400_BAD_REQUEST, "validation_error", message)
 
 
-def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
+#: A key path whose key holds an encoded slash: the server decodes ``%2F`` before routing, so
+#: ``/rate-limit/a%2Fb`` reaches the router as ``/rate-limit/a/b`` and matches no route (or
+#: the wrong one, with a method it does not have).
+_ENCODED_SLASH_KEY = re.compile(rb"/rate-limit/([^/]*%2[fF][^/]*)(?:/check)?/?")
+
+
+def _key_with_a_slash(request: Request[Any, Any, Any]) -> str | None:
+    """The key of a ``/rate-limit/{key}`` request whose key has an encoded slash, if any."""
+    raw_path = request.scope.get("raw_path") or b""
+    match = _ENCODED_SLASH_KEY.fullmatch(raw_path)
+    return unquote(match[1].decode("latin-1")) if match else None
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
     status = exc.status_code
+    if isinstance(exc, NotFoundException | MethodNotAllowedException) and (
+        key := _key_with_a_slash(request)
+    ):
+        try:
+            validate_key(key)  # raises: a key never holds a slash
+        except InvalidKeyError as invalid:
+            return error_response(HTTP_400_BAD_REQUEST, "invalid_key", str(invalid))
     if isinstance(exc, NotFoundException):
         return error_response(HTTP_404_NOT_FOUND, "not_found", "no such route")
     if isinstance(exc, MethodNotAllowedException):

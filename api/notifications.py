@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-from litestar import Request, Response, WebSocket, get, websocket
+from litestar import Request, Response, WebSocket, get, post, websocket
 from litestar.enums import MediaType
 from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from api.auth import admin_guard
+from api.auth import admin_guard, notification_guard
 from api.drain import SHUTTING_DOWN
-from schemas.http import ErrorResponse
+from api.openapi import ADMIN, NOTIFY
+from api.tickets import TICKET_TTL_MS, issue_ticket
+from schemas.http import ErrorResponse, TicketResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -26,19 +29,47 @@ if TYPE_CHECKING:
 __all__ = ["NOTIFICATION_ROUTES"]
 
 _encoder = msgspec.json.Encoder()
-_KEEPALIVE_S = 15.0
+#: A comment line and nothing else: a browser's EventSource fires no event for it (a `data:`
+#: line, even empty, would be a message whose data is not JSON).
+_KEEPALIVE = ServerSentEventMessage(data=None, comment="keep-alive")
 
 Prefix = FromQuery[str]
+
+
+@post(
+    "/notifications/ticket",
+    tags=["notifications"],
+    guards=[admin_guard],
+    security=ADMIN,
+    status_code=200,
+    operation_id="notification_ticket",
+    summary="A short-lived ticket for the notification routes",
+    responses={
+        401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
+    },
+)
+async def notification_ticket(request: Request[Any, Any, Any]) -> TicketResponse:
+    """For web pages: `EventSource` and `WebSocket` cannot send `Authorization`, and the admin
+    token must not go into a URL. A backend holding the admin token asks for a ticket; the
+    page opens `/notifications?ticket=<ticket>` (or `/notifications/ws?ticket=`) within
+    `expires_in_ms`. A ticket opens the notification routes only."""
+    services: Services = request.app.state.services
+    now = time.time_ns() // 1_000_000
+    ticket = issue_ticket(services.settings.admin_token or "", now)
+    return TicketResponse(ticket=ticket, expires_in_ms=TICKET_TTL_MS)
 
 
 @get(
     "/notifications",
     tags=["notifications"],
-    guards=[admin_guard],
+    guards=[notification_guard],
+    security=NOTIFY,
     responses={
-        401: ResponseSpec(ErrorResponse, description="Missing or wrong token."),
+        400: ResponseSpec(ErrorResponse, description="Invalid query (`validation_error`)."),
+        401: ResponseSpec(ErrorResponse, description="Missing or wrong token or ticket."),
         503: ResponseSpec(ErrorResponse, description="The server is shutting down."),
     },
+    operation_id="notifications",
     summary="Limit changes as Server-Sent Events",
     media_type="text/event-stream",
 )
@@ -48,14 +79,15 @@ async def notifications_sse(
     """One `limit_changed` event per applied change to a key starting with `prefix`.
 
     Try `curl -N http://localhost:8080/notifications?prefix=free:`. A comment line is sent
-    every 15 s to keep proxies from closing an idle stream. The stream ends when the server
-    begins to shut down (reconnect: another instance serves it); while it drains, new
-    streams are refused with 503 `shutting_down`.
+    every `SSE_KEEPALIVE_MS` (15 s) to keep proxies from closing an idle stream. The stream
+    ends when the server begins to shut down (reconnect: another instance serves it); while
+    it drains, new streams are refused with 503 `shutting_down`.
     """
     services: Services = request.app.state.services
     if services.drain.draining:
         # The media type is explicit: the route's own (text/event-stream) would apply.
         return Response(SHUTTING_DOWN, status_code=503, media_type=MediaType.JSON)
+    keepalive_s = services.settings.sse_keepalive_ms / 1000
 
     async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
         async with services.hub.listen(prefix) as notes:
@@ -64,13 +96,13 @@ async def notifications_sse(
             )
             while True:
                 note = None
-                with anyio.move_on_after(_KEEPALIVE_S):
+                with anyio.move_on_after(keepalive_s):
                     try:
                         note = await notes.receive()
                     except anyio.EndOfStream:  # the server is stopping
                         return
                 if note is None:
-                    yield ServerSentEventMessage(comment="keep-alive")
+                    yield _KEEPALIVE
                     continue
                 yield ServerSentEventMessage(
                     data=_encoder.encode(note).decode(),
@@ -81,7 +113,7 @@ async def notifications_sse(
     return ServerSentEvent(events())
 
 
-@websocket("/notifications/ws", guards=[admin_guard])
+@websocket("/notifications/ws", guards=[notification_guard])
 async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = "") -> None:
     """The same notifications as JSON text messages on a WebSocket.
 
@@ -113,4 +145,4 @@ async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = ""
         await socket.close(code=1001, reason="server shutting down")
 
 
-NOTIFICATION_ROUTES = [notifications_sse, notifications_ws]
+NOTIFICATION_ROUTES = [notification_ticket, notifications_sse, notifications_ws]

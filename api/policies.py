@@ -12,6 +12,8 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api.auth import admin_guard
+from api.bodies import blank_body_is_no_body
+from api.openapi import ADMIN
 from api.routes import ACCEPTED_SPEC, accepted, actor_of, error_specs
 from api.strict import require_strict
 from core.errors import LimitValidationError, NotFoundError
@@ -77,8 +79,12 @@ async def _all(request: Request[Any, Any, Any]) -> dict[str, Policy]:
     tags=["policies"],
     guards=[admin_guard],
     summary="Create or replace a policy",
+    security=ADMIN,
+    middleware=[blank_body_is_no_body],
+    operation_id="set_policy",
     status_code=HTTP_201_CREATED,
     responses={
+        201: ResponseSpec(data_container=PolicyView, description="Created."),
         200: ResponseSpec(data_container=PolicyView, description="Replaced the policy."),
         202: ACCEPTED_SPEC,
         409: _CONFLICT,
@@ -120,6 +126,8 @@ async def put_policy(
     tags=["policies"],
     guards=[admin_guard],
     summary="A policy",
+    security=ADMIN,
+    operation_id="get_policy",
     responses=error_specs(400, 401, 404, 503),
 )
 async def get_policy(request: Request[Any, Any, Any], name: Name) -> PolicyView:
@@ -135,6 +143,8 @@ async def get_policy(request: Request[Any, Any, Any], name: Name) -> PolicyView:
     tags=["policies"],
     guards=[admin_guard],
     summary="Every policy",
+    security=ADMIN,
+    operation_id="list_policies",
     responses=error_specs(401, 503),
 )
 async def list_policies(request: Request[Any, Any, Any]) -> PolicyList:
@@ -148,8 +158,15 @@ async def list_policies(request: Request[Any, Any, Any]) -> PolicyList:
     tags=["policies"],
     guards=[admin_guard],
     summary="Remove a policy",
+    security=ADMIN,
+    operation_id="delete_policy",
     status_code=HTTP_200_OK,
-    responses={202: ACCEPTED_SPEC, 409: _CONFLICT, **error_specs(400, 401, 404, 503)},
+    responses={
+        200: ResponseSpec(data_container=PolicyView, description="Removed: the policy it was."),
+        202: ACCEPTED_SPEC,
+        409: _CONFLICT,
+        **error_specs(400, 401, 404, 503),
+    },
 )
 async def delete_policy(request: Request[Any, Any, Any], name: Name) -> Response[PolicyView | Any]:
     """200 with the removed policy; its keys fall back to their next match. 404 when there

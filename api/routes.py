@@ -1,22 +1,22 @@
-"""HTTP routes: a key's limits (set, read, list, delete, reset), checks, health, readiness."""
+"""HTTP routes: a key's limits (set, read, list, delete, reset) and checks."""
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromQuery, JSONBody, Parameter, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from api.allow import options_route
 from api.auth import admin_guard, check_guard
+from api.bodies import blank_body_is_no_body
+from api.openapi import ADMIN, CHECK, KEY_SCHEMA
 from api.strict import OptionalBodyOperation, require_strict
-from core.errors import LimitValidationError, NotFoundError, RedisUnavailableError
+from core.errors import LimitValidationError, NotFoundError
 from core.keys import validate_key
-from core.version import VERSION
 from schemas.events import LimitChanged
 from schemas.http import (
     AcceptedResponse,
@@ -24,13 +24,11 @@ from schemas.http import (
     CheckDenied,
     CheckRequest,
     ErrorResponse,
-    HealthResponse,
     KeyLimitsItem,
     KeyList,
     LimitBody,
     LimitStatus,
     LimitUsage,
-    ReadyResponse,
     ResetResponse,
 )
 from schemas.limits import KeyLimits, Limit
@@ -41,7 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = ["ACCEPTED_SPEC", "ROUTES", "accepted", "actor_of", "error_specs"]
 
-Key = FromPath[str]
+Key = Annotated[
+    str,
+    PathParameter(
+        description="The rate-limit key: at most 256 bytes of UTF-8 without whitespace, "
+        "control characters, / { } or *",
+        schema_extra=KEY_SCHEMA,
+    ),
+]
 _CURSOR = re.compile(r"[0-9]{1,4}:[0-9]{1,20}")
 
 
@@ -131,44 +136,17 @@ _CONFLICT = ResponseSpec(
 )
 
 
-@get("/health", tags=["probes"], summary="Liveness probe")
-async def health() -> HealthResponse:
-    """Always 200 while the process serves requests; does not touch Redis."""
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return HealthResponse(status="healthy", version=VERSION, timestamp=now)
-
-
-@get(
-    "/ready",
-    tags=["probes"],
-    summary="Readiness probe",
-    responses={503: ResponseSpec(data_container=ReadyResponse, description="Redis unreachable")},
-)
-async def ready(request: Request[Any, Any, Any]) -> Response[ReadyResponse]:
-    """200 when Redis answers a PING within a second, else 503 (within a second).
-
-    From SIGTERM on, the server answers 503 `{"error": "shutting_down", ...}` instead (it
-    drains before it stops: see docs/operations.md).
-    """
-    services = _services(request)
-    ok = False
-    with anyio.move_on_after(1.0):
-        try:
-            ok = await services.ping()
-        except RedisUnavailableError:
-            ok = False
-    if ok:
-        return Response(ReadyResponse(status="ready", redis="connected"))
-    return Response(ReadyResponse(status="not_ready", redis="disconnected"), status_code=503)
-
-
 @post(
     "/rate-limit/{key:str}",
     tags=["limits"],
     guards=[admin_guard],
     summary="Create or replace a key's limits",
+    security=ADMIN,
+    middleware=[blank_body_is_no_body],
+    operation_id="set_limit",
     status_code=HTTP_201_CREATED,
     responses={
+        201: ResponseSpec(data_container=Limit, description="Created: the limit as stored."),
         200: ResponseSpec(data_container=Limit, description="Replaced the key's limits."),
         202: ACCEPTED_SPEC,
         409: _CONFLICT,
@@ -210,6 +188,8 @@ async def put_limit(
     tags=["limits"],
     guards=[admin_guard],
     summary="The limits a key is checked under, and its live usage",
+    security=ADMIN,
+    operation_id="get_limit",
     responses=error_specs(400, 401, 503),
 )
 async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
@@ -225,6 +205,8 @@ async def get_limit(request: Request[Any, Any, Any], key: Key) -> LimitStatus:
     tags=["limits"],
     guards=[admin_guard],
     summary="Keys with limits of their own",
+    security=ADMIN,
+    operation_id="list_limits",
     responses=error_specs(400, 401, 503),
 )
 async def list_limits(
@@ -252,8 +234,15 @@ async def list_limits(
     tags=["limits"],
     guards=[admin_guard],
     summary="Remove a key's limits and state",
+    security=ADMIN,
+    operation_id="delete_limit",
     status_code=HTTP_200_OK,
-    responses={202: ACCEPTED_SPEC, 409: _CONFLICT, **error_specs(400, 401, 404, 503)},
+    responses={
+        200: ResponseSpec(data_container=Limit, description="Removed: the limit it had."),
+        202: ACCEPTED_SPEC,
+        409: _CONFLICT,
+        **error_specs(400, 401, 404, 503),
+    },
 )
 async def delete_limit(
     request: Request[Any, Any, Any], key: Key
@@ -280,8 +269,14 @@ async def delete_limit(
     tags=["limits"],
     guards=[admin_guard],
     summary="Clear what a key has spent",
+    security=ADMIN,
+    operation_id="reset_key",
     status_code=HTTP_200_OK,
-    responses={202: ACCEPTED_SPEC, **error_specs(400, 401, 503)},
+    responses={
+        200: ResponseSpec(data_container=ResetResponse, description="Reset."),
+        202: ACCEPTED_SPEC,
+        **error_specs(400, 401, 503),
+    },
 )
 async def reset_key(
     request: Request[Any, Any, Any], key: Key
@@ -301,8 +296,11 @@ async def reset_key(
     guards=[check_guard],
     operation_class=OptionalBodyOperation,
     summary="Check and spend tokens",
+    security=CHECK,
+    operation_id="check",
     status_code=HTTP_200_OK,
     responses={
+        200: ResponseSpec(data_container=CheckAllowed, description="Allowed (tokens spent)."),
         429: ResponseSpec(data_container=CheckDenied, description="Rate limit exceeded."),
         **error_specs(400, 401, 413, 503),
     },
@@ -323,4 +321,12 @@ async def check(
 #: answered by api.checks.LeanChecks before Litestar routes anything.
 _ANSWERED_BEFORE_ROUTING = RuntimeError("checks are answered by api.checks.LeanChecks")
 
-ROUTES = [health, ready, put_limit, get_limit, list_limits, delete_limit, reset_key, check]
+ROUTES = [
+    options_route("/rate-limit/{key:str}", "GET", "POST", "DELETE"),
+    put_limit,
+    get_limit,
+    list_limits,
+    delete_limit,
+    reset_key,
+    check,
+]

@@ -3,6 +3,10 @@
 Litestar converts bodies leniently (``"10"`` becomes ``10``), which would let a client's
 type mistake through. Handlers call :func:`require_strict` on non-empty bodies; the extra
 decode only happens when a body was sent.
+
+An integer may be written as a whole number with a fraction part of zero (``10.0``): that
+is an integer in JSON Schema (and so in the OpenAPI document), and what many JSON encoders
+write for a whole float. ``10.5`` and ``"10"`` stay wrong types.
 """
 
 from __future__ import annotations
@@ -17,20 +21,36 @@ from litestar.openapi.spec import Operation, RequestBody
 if TYPE_CHECKING:
     from litestar import Request
 
-__all__ = ["OptionalBodyOperation", "require_strict", "validation_problem"]
+__all__ = ["OptionalBodyOperation", "decode_whole_numbers", "require_strict", "validation_problem"]
 
-_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_json = msgspec.json.Decoder()
+
+
+def _whole_numbers_as_ints(value: Any) -> Any:
+    """``value`` with every float that is a whole number (``10.0``) made an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_ints(v) for v in value]
+    return value
+
+
+def decode_whole_numbers(body: bytes, body_type: Any) -> Any:
+    """``body`` as ``body_type``, strictly, but with ``10.0`` read as the integer 10.
+
+    Slower than a typed decoder: for a body a typed decoder refused with "got `float`".
+    """
+    return msgspec.convert(_whole_numbers_as_ints(_json.decode(body)), body_type, strict=True)
 
 
 async def require_strict(request: Request[Any, Any, Any], body_type: Any) -> None:
     body = await request.body()
     if not body.strip():
         return
-    decoder = _decoders.get(body_type)
-    if decoder is None:
-        decoder = _decoders[body_type] = msgspec.json.Decoder(body_type, strict=True)
     try:
-        decoder.decode(body)
+        decode_whole_numbers(body, body_type)
     except msgspec.ValidationError as exc:
         field, message = validation_problem(exc)
         raise ValidationException(

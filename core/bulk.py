@@ -13,7 +13,9 @@ A file (YAML or JSON) is a list of items::
     - key: retired-client
       delete: true
 
-A bad item is reported with its line and position in the list, and nothing is sent.
+Every bad item is reported with its line and position in the list (all of them, not just
+the first), and nothing is sent. A file may change one key only once: two changes to one
+key in one file would race each other on the stream.
 """
 
 from __future__ import annotations
@@ -25,17 +27,25 @@ from typing import Any
 import msgspec
 import yaml
 
-from core.errors import LimitValidationError
-from schemas.events import Key
+from core.errors import InvalidKeyError, LimitValidationError
+from core.keys import validate_key
 from schemas.limits import Algorithm, Burst, Limit, Requests, WindowMs
 
-__all__ = ["BulkChange", "parse_bulk_file"]
+__all__ = ["BulkChange", "BulkFileError", "parse_bulk_file", "parse_bulk_text"]
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class BulkFileError(LimitValidationError):
+    """A file that cannot be applied; ``problems`` has one line per bad item."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 class _Item(msgspec.Struct, forbid_unknown_fields=True):
-    key: Key
+    key: str  # checked by validate_key: the API's wording, not msgspec's regex
     delete: bool = False
     requests: Requests | None = None
     window_ms: WindowMs | None = None
@@ -43,6 +53,7 @@ class _Item(msgspec.Struct, forbid_unknown_fields=True):
     burst: Burst | None = None
 
     def change(self) -> Limit | None:
+        validate_key(self.key)
         if self.delete:
             if self.requests is not None or self.window_ms is not None:
                 raise ValueError("a delete item takes no requests or window_ms")
@@ -60,21 +71,27 @@ class BulkChange:
 
 
 def parse_bulk_file(path: str | Path) -> list[BulkChange]:
-    """Every change in the file, validated; LimitValidationError names the first bad item."""
-    name = str(path)
+    """Every change in the file, validated; BulkFileError lists every bad item."""
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BulkFileError([f"{path}: cannot read: {exc}"]) from None
+    return parse_bulk_text(text, str(path))
+
+
+def parse_bulk_text(text: str, name: str) -> list[BulkChange]:
+    """The changes in ``text`` (YAML or JSON, read from ``name``), validated."""
+    try:
         root = yaml.compose(text, Loader=_Loader)  # nodes, for line numbers
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LimitValidationError(f"{name}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
-        raise LimitValidationError(f"{name}: not valid YAML or JSON: {exc}") from None
+        raise BulkFileError([f"{name}: not valid YAML or JSON: {exc}"]) from None
     if root is None:
         return []
     if not isinstance(root, yaml.SequenceNode):
-        raise LimitValidationError(f"{name}:{root.start_mark.line + 1}: expected a list of items")
+        raise BulkFileError([f"{name}:{root.start_mark.line + 1}: expected a list of items"])
     changes = []
+    problems = []
     seen: dict[str, int] = {}
     for index, (node, raw) in enumerate(zip(root.value, data, strict=True), start=1):
         line = node.start_mark.line + 1
@@ -82,14 +99,19 @@ def parse_bulk_file(path: str | Path) -> list[BulkChange]:
         try:
             item = msgspec.convert(raw, _Item)
             limit = item.change()
+        except InvalidKeyError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
         except (msgspec.ValidationError, ValueError) as exc:
-            raise LimitValidationError(f"{where}: {_field_first(str(exc))}") from None
+            problems.append(f"{where}: {_field_first(str(exc))}")
+            continue
         if item.key in seen:
-            raise LimitValidationError(
-                f"{where}: key {item.key!r} already appears in item {seen[item.key]}"
-            )
+            problems.append(f"{where}: key {item.key!r} already appears in item {seen[item.key]}")
+            continue
         seen[item.key] = index
         changes.append(BulkChange(item.key, limit, line))
+    if problems:
+        raise BulkFileError(problems)
     return changes
 
 

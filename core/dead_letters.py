@@ -9,7 +9,7 @@ import msgspec
 
 from core.gateway import text
 from core.streams import EVENT_FIELD
-from schemas.events import DeadLetter
+from schemas.events import DeadLetter, DeadLetterEntry
 
 if TYPE_CHECKING:
     from core.gateway import Gateway
@@ -37,10 +37,10 @@ class Replayed(msgspec.Struct):
 
 async def list_dead_letters(
     gateway: Gateway, keys: KeySpace, count: int = 100
-) -> list[tuple[str, DeadLetter]]:
-    """The oldest ``count`` dead letters as (id in the dead-letter stream, letter)."""
+) -> list[DeadLetterEntry]:
+    """The oldest ``count`` dead letters with their ids in the dead-letter stream."""
     rows: Any = await gateway.call("dead", gateway.client.xrange, keys.dead_stream, count=count)
-    return [(text(i), _decoder.decode(f[EVENT_FIELD.encode()])) for i, f in rows]
+    return [DeadLetterEntry(text(i), _decoder.decode(f[EVENT_FIELD.encode()])) for i, f in rows]
 
 
 async def replay_dead_letters(

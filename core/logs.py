@@ -1,7 +1,8 @@
 """Logging: JSON lines (default) or a readable console format, level from ``LOG_LEVEL``.
 
 Every record carries ``trace_id`` and ``span_id`` when a span is active. Secrets are
-redacted from every message: Redis URL passwords and configured tokens.
+redacted from every message: Redis URL passwords, configured tokens and notification
+tickets.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["configure_logging", "register_secret"]
+__all__ = ["configure_logging", "redact", "register_secret"]
 
 
 def _unencodable(value: object) -> str:
@@ -26,6 +27,7 @@ def _unencodable(value: object) -> str:
 _encoder = msgspec.json.Encoder(enc_hook=_unencodable)
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)([^@\s]+)(@)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
+_TICKET = re.compile(r"(ticket=)[^&\s\"']+")  # notification tickets in request lines
 _secrets: set[str] = set()
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -43,6 +45,7 @@ def register_secret(value: str | None) -> None:
 def redact(text: str) -> str:
     text = _URL_PASSWORD.sub(r"\1***\3", text)
     text = _BEARER.sub(r"\1***", text)
+    text = _TICKET.sub(r"\1***", text)
     for secret in _secrets:
         text = text.replace(secret, "***")
     return text

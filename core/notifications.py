@@ -16,6 +16,7 @@ import anyio
 import msgspec
 
 from core.gateway import is_unavailable
+from core.outage import Outage
 from schemas.events import Notification, PolicyChanged, notification_decoder
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class NotificationHub:
         self._ended = False
         self._on_policy: list[Callable[[], None]] = []
         self.subscribed = anyio.Event()
+        self.outage = Outage(_log, "notifications")
 
     def on_policy_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever a policy changed (the in-process policy table)."""
@@ -102,18 +104,21 @@ class NotificationHub:
         """Subscribe and dispatch until cancelled; resubscribe after a lost connection.
 
         Any other failure is logged and retried too: a hub that died would leave every
-        config change of this process waiting for a notification that never comes.
+        config change of this process waiting for a notification that never comes. An
+        outage is logged when it starts and when it ends; retries back off meanwhile.
         """
         while True:
             try:
                 await self._run_once()
+                delay = 0.0
             except Exception as exc:
                 if is_unavailable(exc):
-                    _log.warning("notification subscription lost (%s); retrying", exc)
+                    delay = self.outage.failed(exc)
                 else:
                     _log.exception("notification subscription failed; retrying")
+                    delay = 0.5
             self.subscribed = anyio.Event()
-            await anyio.sleep(0.5)
+            await anyio.sleep(delay)
 
     async def _run_once(self) -> None:
         # A cluster client learns its slots on its first command; its Pub/Sub does not ask,
@@ -122,6 +127,7 @@ class NotificationHub:
         pubsub = self._gateway.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
+            self.outage.recovered()
             self.subscribed.set()
             while True:
                 message = await pubsub.get_message(timeout=1.0)

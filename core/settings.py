@@ -2,13 +2,16 @@
 
 Every setting is an environment variable named after its field in upper case. Values are
 converted and range-checked by msgspec; a bad value raises :class:`SettingsError` naming
-the variable, which the CLI prints as one line instead of a traceback.
+the variable, the rule, the value and where it came from (the environment or the .env
+file), which the CLI prints as one line instead of a traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,7 +22,7 @@ from dotenv import dotenv_values
 
 from core.errors import SettingsError
 
-__all__ = ["Settings", "load_settings", "redact_url"]
+__all__ = ["Settings", "ignored_variables", "load_settings", "redact_url"]
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 _QUERY_PASSWORD_RE = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
@@ -49,6 +52,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_drain_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5000
     admin_token: str | None = None
     check_token: str | None = None
+    #: Web origins allowed to call the API from a browser (comma-separated; empty: none).
+    cors_origins: str = ""
+    #: How often an idle notification stream (SSE) gets a keep-alive comment.
+    sse_keepalive_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 15_000
     # A check may carry a limit for a key that has none (stored, with a TTL), when allowed.
     inline_limits: bool = False
     inline_limit_ttl_ms: Annotated[int, msgspec.Meta(ge=1000, le=31 * 86_400_000)] = 86_400_000
@@ -73,6 +80,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _split_bind(self.bind_address)
         if self.redis_url is not None:
             _check_redis_url(self.redis_url)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def host(self) -> str:
@@ -123,31 +134,85 @@ def _split_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _read(environ: dict[str, str] | None, env_file: str | Path | None) -> dict[str, str]:
+    """Every variable: the .env file's, overridden by the environment's."""
+    values: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return values
+
+
 def load_settings(
     environ: dict[str, str] | None = None, env_file: str | Path | None = ".env"
 ) -> Settings:
     """Build settings from ``environ`` (default ``os.environ``) over an optional .env file."""
-    env = dict(os.environ if environ is None else environ)
-    values: dict[str, str] = {}
-    if env_file is not None and Path(env_file).is_file():
-        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    values.update(env)
+    values = _read(environ, env_file)
+    env = os.environ if environ is None else environ
     fields = {name.upper(): name for name in Settings.__struct_fields__}
     raw = {fields[k]: v for k, v in values.items() if k in fields and v != ""}
     for name in _CASE_FREE:  # LOG_LEVEL=INFO means info
         if name in raw:
             raw[name] = raw[name].lower()
+
+    def origin(variable: str) -> str:
+        return "the environment" if variable in env else str(env_file)
+
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_name_variable(str(exc))) from None
+        raise SettingsError(_explain(str(exc), values, origin)) from None
+    except SettingsError as exc:  # from __post_init__: the message starts with the variable
+        variable = str(exc).split(" ", 1)[0]
+        raise SettingsError(f"{exc} (from {origin(variable)})") from None
 
 
-def _name_variable(message: str) -> str:
+_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+_BOUNDS = {">=": "at least", "<=": "at most", ">": "greater than", "<": "less than"}
+_WRONG_TYPE = re.compile(r"Expected `(\w+)[^`]*`, got `\w+`")
+_OUT_OF_RANGE = re.compile(r"Expected `\w+` (>=|<=|>|<) (\S+)")
+
+
+def _explain(message: str, values: dict[str, str], origin: typing.Callable[[str], str]) -> str:
+    """msgspec's ``Expected `int`, got `str` - at `$.x``` as a sentence for an operator:
+    ``X must be an integer, got 'abc' (from .env)``."""
     text, sep, where = message.rpartition(" - at `$.")
     if not sep:
         return message
-    return f"{where.rstrip('`').upper()}: {text}"
+    field = where.rstrip("`")
+    variable = field.upper()
+    got = f"got {values.get(variable, '')!r} (from {origin(variable)})"
+    if match := _WRONG_TYPE.fullmatch(text):
+        return f"{variable} must be {_TYPES.get(match[1], match[1])}, {got}"
+    if match := _OUT_OF_RANGE.fullmatch(text):
+        return f"{variable} must be {_BOUNDS[match[1]]} {match[2]}, {got}"
+    if text.startswith("Invalid enum value"):
+        choices = ", ".join(typing.get_args(typing.get_type_hints(Settings)[field]))
+        return f"{variable} must be one of {choices}, {got}"
+    return f"{variable}: {text}, {got}"
+
+
+#: Variables of the Rust service Throttler replaces that mean nothing here, and what to use.
+_LEGACY = {"RUST_LOG": "LOG_LEVEL"}
+#: THROTTLER_* variables the project itself sets (not settings).
+_INTERNAL = frozenset({"THROTTLER_SERVE_WORKER", "THROTTLER_TEST_SERVER"})
+
+
+def ignored_variables(
+    environ: dict[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> list[str]:
+    """Why each variable that looks meant for Throttler but is not a setting is ignored:
+    a ``THROTTLER_*`` name (settings have no prefix), or a setting of the original service."""
+    names = {name.upper() for name in Settings.__struct_fields__}
+    found = []
+    for variable in sorted(_read(environ, env_file)):
+        if variable in _LEGACY:
+            found.append(f"{variable} (the original service's; use {_LEGACY[variable]})")
+        elif variable.startswith("THROTTLER_") and variable not in _INTERNAL:
+            close = difflib.get_close_matches(variable.removeprefix("THROTTLER_"), names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            found.append(f"{variable} (not a setting: settings have no THROTTLER_ prefix{hint})")
+    return found
 
 
 def redact_url(url: str | None) -> str | None:

@@ -22,6 +22,7 @@ __all__ = [
     "AuditResult",
     "ConfigEvent",
     "DeadLetter",
+    "DeadLetterEntry",
     "DeleteLimit",
     "DeletePolicy",
     "KeyEvent",
@@ -200,6 +201,14 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     deliveries: int
     dead_at_ms: int
     worker: str
+
+
+class DeadLetterEntry(msgspec.Struct):
+    """A dead letter and its id in the dead-letter stream, as `GET /dead-letters` and
+    `throttler dead-letters list` show it."""
+
+    id: str
+    letter: DeadLetter
 
 
 config_event_decoder = msgspec.json.Decoder(ConfigEvent)

@@ -39,6 +39,7 @@ __all__ = [
     "PolicyView",
     "ReadyResponse",
     "ResetResponse",
+    "TicketResponse",
 ]
 
 Tokens = Annotated[
@@ -272,3 +273,10 @@ class BatchResult(msgspec.Struct, omit_defaults=True):
 class BatchResponse(msgspec.Struct):
     allowed: bool  # every item allowed
     results: list[BatchResult]
+
+
+class TicketResponse(msgspec.Struct):
+    """A notification ticket: pass it as ``?ticket=`` within ``expires_in_ms``."""
+
+    ticket: str
+    expires_in_ms: int

@@ -1,4 +1,4 @@
-"""``throttler apply FILE``: validate a whole file, publish it, optionally wait for it."""
+"""``throttler apply FILE``: publish a validated file of changes, optionally wait for it."""
 
 from __future__ import annotations
 
@@ -10,29 +10,41 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 import msgspec
 
-from core.bulk import parse_bulk_file
 from core.gateway import Gateway, text
-from core.keys import KeySpace
+from core.keys import APPLIERS, KeySpace
 from core.streams import EVENT_FIELD, now_ms, publish_many
 from schemas.events import AuditEvent, ConfigEvent, DeadLetter, DeleteLimit, SetLimit
+from workers.heartbeat import any_alive
 
 if TYPE_CHECKING:
+    from core.bulk import BulkChange
     from core.settings import Settings
 
-__all__ = ["apply_file"]
+__all__ = ["apply_changes"]
 
 _audit = msgspec.json.Decoder(AuditEvent)
 _dead = msgspec.json.Decoder(DeadLetter)
 _SKIPPED = {"stale"}
 
 
+_NO_WORKER = (
+    "no worker heartbeat is alive: nothing applies these changes until `throttler serve` "
+    "or `throttler worker` runs on this Redis"
+)
+
+
 class _Progress:
+    """A progress bar redrawn in place (``\\r``) on a terminal; silent in a pipe or a log."""
+
     def __init__(self, total: int, label: str, out: TextIO) -> None:
         self.total, self.label, self.out, self.done = total, label, out, 0
         self._last = 0.0
+        self._shown = out.isatty()
 
     def advance(self, n: int) -> None:
         self.done += n
+        if not self._shown:
+            return
         now = time.monotonic()
         if now - self._last > 0.1 or self.done >= self.total:
             self._last = now
@@ -45,10 +57,16 @@ class _Progress:
             self.out.flush()
 
 
-async def apply_file(
-    settings: Settings, path: str, *, actor: str, batch: int, wait: bool, timeout_s: float
+async def apply_changes(
+    settings: Settings,
+    changes: list[BulkChange],
+    *,
+    actor: str,
+    batch: int,
+    wait: bool,
+    timeout_s: float,
 ) -> int:
-    changes = parse_bulk_file(path)  # raises with the bad item's position; nothing sent
+    """Publish ``changes`` (validated already); with ``wait``, follow them to their outcome."""
     if not changes:
         print("nothing to apply")
         return 0
@@ -73,13 +91,17 @@ async def apply_file(
         print(f"published {len(ids)} changes ({rate:,.0f}/s) to {keys.config_stream}")
         if not wait:
             return 0
+        if not await any_alive(gateway, keys, APPLIERS):
+            print(f"waiting, but {_NO_WORKER}", file=sys.stderr)
         counts = await _wait(gateway, keys, ids, timeout_s)
+        pending = len(ids) - sum(counts.values())
+        alive = pending == 0 or await any_alive(gateway, keys, APPLIERS)
+        hint = "" if alive else f" ({_NO_WORKER})"
     finally:
         await gateway.aclose()
-    pending = len(ids) - sum(counts.values())
     print(
         f"applied {counts['applied']}, skipped {counts['skipped']}, "
-        f"failed {counts['failed']}, pending {pending}"
+        f"failed {counts['failed']}, pending {pending}{hint}"
     )
     return 0 if counts["failed"] == 0 and pending == 0 else 1
 

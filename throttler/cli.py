@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from core.errors import LimitValidationError, SettingsError
-from core.logs import configure_logging, register_secret
-from core.settings import Settings, load_settings, redact_url
+from core.errors import RedisUnavailableError, SettingsError
+from core.logs import configure_logging, redact, register_secret
+from core.settings import Settings, ignored_variables, load_settings, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -53,6 +53,7 @@ environment (a .env file in the working directory is read too; README.md lists a
   BREAKER_COOLDOWN_MS  how long the circuit stays open before a probe (default 1000)
   ADMIN_TOKEN          bearer token for limit CRUD, dead letters, notifications
   CHECK_TOKEN          bearer token for checks (unset: checks are open)
+  CORS_ORIGINS         web origins allowed to call the API from a browser (comma-separated)
   INLINE_LIMITS        true: a check may create a limit for a key that has none (false)
   INLINE_LIMIT_TTL_MS  an inline limit expires this long after its last spend (86400000)
   ACCESS_LOG_CHECKS    true: an access-log line for every check too (default false)
@@ -87,6 +88,13 @@ def _load(overrides: dict[str, str | None]) -> Settings:
     register_secret(settings.admin_token)
     register_secret(settings.check_token)
     return settings
+
+
+def _configure(settings: Settings) -> None:
+    """Logging as the settings say; then one warning about variables that are ignored."""
+    configure_logging(settings.log_level, settings.log_format)
+    if ignored := ignored_variables():
+        _log.warning("ignoring environment variables: %s", "; ".join(ignored))
 
 
 def build_app(
@@ -154,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
     from throttler.server import exit_quietly  # noqa: PLC0415
 
     settings = _load({"BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
-    configure_logging(settings.log_level, settings.log_format)
+    _configure(settings)
     os.environ[_SERVE_WORKER] = "0" if args.no_worker else "1"
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.admin_token:
         _log.warning(
@@ -174,8 +182,13 @@ def _serve(args: argparse.Namespace) -> int:
             embedded.name,
             embedded.url,
         )
+        redis = f"{embedded.url} (embedded {embedded.name}: not persisted, gone when this stops)"
     else:
         _log.info("using redis at %s", redact_url(settings.redis_url))
+        redis = str(redact_url(settings.redis_url))
+    # One line for the person who typed `make run`: where everything is (logs are JSON).
+    base = f"http://{settings.bind_address}"
+    print(f"throttler: serving {base} (docs {base}/schema); redis {redis}", flush=True)
     options = ServerOptions(
         settings.host, settings.port, args.grace, settings.shutdown_drain_ms / 1000
     )
@@ -191,11 +204,17 @@ def _serve(args: argparse.Namespace) -> int:
     return code
 
 
+_REDIS_HINT = (
+    "REDIS_URL must be set for this command (or --redis-url): the Redis that `throttler serve` "
+    "uses; `make run` / `throttler serve` print it at start, e.g. redis://127.0.0.1:6379/0"
+)
+
+
 def _needs_redis(args: argparse.Namespace) -> Settings:
     settings = _load({"REDIS_URL": getattr(args, "redis_url", None)})
-    configure_logging(settings.log_level, settings.log_format)
+    _configure(settings)
     if settings.redis_url is None:
-        raise SettingsError("REDIS_URL must be set for this command")
+        raise SettingsError(_REDIS_HINT)
     return settings
 
 
@@ -215,24 +234,39 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from throttler.bulk_cmd import apply_file  # noqa: PLC0415
+    from core.bulk import BulkFileError, parse_bulk_file, parse_bulk_text  # noqa: PLC0415
+
+    # The file is validated first, without Redis: `--check` needs none at all.
+    try:
+        if args.file == "-":
+            changes = parse_bulk_text(sys.stdin.read(), "<stdin>")
+        else:
+            changes = parse_bulk_file(args.file)
+    except BulkFileError as exc:
+        for problem in exc.problems:
+            print(f"throttler apply: {problem}", file=sys.stderr)
+        count = len(exc.problems)
+        noun = "problem" if count == 1 else "problems"
+        outcome = "the file is not valid" if args.check else "nothing was sent"
+        print(f"throttler apply: {count} {noun}; {outcome}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.file}: {len(changes)} changes, all valid (nothing was sent)")
+        return 0
+    from throttler.bulk_cmd import apply_changes  # noqa: PLC0415
 
     settings = _needs_redis(args)
-    try:
-        return anyio.run(
-            partial(
-                apply_file,
-                settings,
-                args.file,
-                actor=args.actor,
-                batch=max(1, args.batch),
-                wait=args.wait,
-                timeout_s=args.timeout,
-            )
+    return anyio.run(
+        partial(
+            apply_changes,
+            settings,
+            changes,
+            actor=args.actor,
+            batch=max(1, args.batch),
+            wait=args.wait,
+            timeout_s=args.timeout,
         )
-    except LimitValidationError as exc:
-        print(f"throttler apply: {exc}; nothing was sent", file=sys.stderr)
-        return 2
+    )
 
 
 def _schema(_: argparse.Namespace) -> int:
@@ -299,7 +333,9 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the HTTP API",
         description="Run the HTTP API. With no REDIS_URL, start an embedded Redis-compatible "
-        "server on loopback and stop it on exit. SIGTERM drains first: for SHUTDOWN_DRAIN_MS "
+        "server on loopback (nothing kept on disk) and stop it on exit. The first line on "
+        "standard output says where the API, its docs and its Redis are. SIGTERM drains "
+        "first: for SHUTDOWN_DRAIN_MS "
         "/ready answers 503, answers close their connections and notification streams end, "
         "while new requests are still served; then the listener closes without resetting "
         "accepted connections, in-flight requests complete, the in-process worker stops, "
@@ -345,12 +381,16 @@ def _parser() -> argparse.ArgumentParser:
     apply = sub.add_parser(
         "apply",
         help="publish a YAML/JSON file of limits (and deletions)",
-        description="Validate every item of FILE first (a bad item is reported with its "
-        "line and nothing is sent), then publish the changes on the config stream in "
+        description="Validate every item of FILE first (every bad item is reported with its "
+        "line, and nothing is sent), then publish the changes on the config stream in "
         "pipelined batches. Items: {key, requests, window_ms[, algorithm][, burst]} or "
-        "{key, delete: true}.",
+        "{key, delete: true}; a file may change each key only once. Exit codes: 0 done, "
+        "1 Redis unreachable or (--wait) not all applied, 2 invalid file or settings.",
     )
-    apply.add_argument("file", metavar="FILE")
+    apply.add_argument("file", metavar="FILE", help="the file, or - to read standard input")
+    apply.add_argument(
+        "--check", action="store_true", help="validate FILE only; needs no Redis, sends nothing"
+    )
     apply.add_argument("--wait", action="store_true", help="wait until all are applied")
     apply.add_argument(
         "--timeout", type=float, default=120.0, metavar="S", help="--wait limit (default 120)"
@@ -365,7 +405,9 @@ def _parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", help="list or replay dead-lettered config entries")
     dead_sub = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
-    dead_list = dead_sub.add_parser("list", help="print dead letters as JSON lines")
+    dead_list = dead_sub.add_parser(
+        "list", help="print the oldest dead letters as one JSON array, as GET /dead-letters"
+    )
     dead_list.add_argument("--count", type=int, default=100, metavar="N")
     dead_list.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
     dead_list.set_defaults(run=_dead_list)
@@ -379,6 +421,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(exc: Exception) -> bool:
+    """True for "Redis did not answer", wrapped or straight from the driver."""
+    if isinstance(exc, RedisUnavailableError):
+        return True
+    from core.gateway import is_unavailable  # noqa: PLC0415 - redis is loaded by now
+
+    return is_unavailable(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
@@ -389,3 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        url = redact_url(os.environ.get("REDIS_URL"))
+        print(f"throttler: cannot reach Redis at {url}: {redact(str(exc))}", file=sys.stderr)
+        return 1

@@ -20,14 +20,14 @@ _encoder = msgspec.json.Encoder()
 
 
 async def list_dead_letters(settings: Settings, count: int) -> int:
-    """Print one JSON line per dead letter: its id in the dead-letter stream and contents."""
+    """Print the dead letters as `GET /dead-letters` answers them: one JSON array, oldest
+    first (``[]`` when there are none), each ``{"id", "letter"}``."""
     gateway = Gateway(settings)
     try:
         letters = await list_letters(gateway, KeySpace(settings.key_prefix), count)
     finally:
         await gateway.aclose()
-    for dead_id, letter in letters:
-        print(_encoder.encode({"id": dead_id, **msgspec.to_builtins(letter)}).decode())
+    print(_encoder.encode(letters).decode())
     return 0
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from core.gateway import Gateway
     from core.keys import KeySpace
 
-__all__ = ["Heartbeat", "default_consumer_name", "is_alive"]
+__all__ = ["Heartbeat", "any_alive", "default_consumer_name", "is_alive"]
 
 
 def default_consumer_name() -> str:
@@ -63,5 +63,16 @@ async def is_alive(gateway: Gateway, keys: KeySpace, group: str, consumer: str |
 
     async def scan() -> list[str]:
         return sorted([text(k) async for k in redis.scan_iter(pattern)])
+
+    return await gateway.call("heartbeat", scan)
+
+
+async def any_alive(gateway: Gateway, keys: KeySpace, group: str) -> bool:
+    """True when any consumer of ``group``, on any host, has a live heartbeat."""
+
+    async def scan() -> bool:
+        async for _ in gateway.client.scan_iter(keys.heartbeat(group, "*"), count=1000):
+            return True
+        return False
 
     return await gateway.call("heartbeat", scan)

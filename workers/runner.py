@@ -22,6 +22,7 @@ from core.errors import RedisUnavailableError
 from core.gateway import Gateway
 from core.keys import APPLIERS, AUDITORS
 from core.metrics import record_stream_metrics
+from core.outage import Outage
 from core.streams import ensure_group
 from workers.applier import Applier, Entry
 from workers.audit import Auditor
@@ -76,6 +77,8 @@ class Worker:
             self.gateway, self.keys, APPLIERS, self.consumer, s.worker_heartbeat_ttl_ms
         )
         self.stopping = anyio.Event()
+        # One view of Redis for the whole worker: an outage is logged once, not per loop.
+        self.outage = Outage(_log, f"worker {self.consumer}")
         # Blocking reads get a client of their own, whose read timeout outlasts the BLOCK.
         self.reader = Gateway(self.settings, blocking_ms=s.worker_block_ms)
         self._last_beat = time.monotonic()
@@ -119,20 +122,21 @@ class Worker:
             try:
                 await ensure_group(self.gateway, self.keys.config_stream, APPLIERS)
                 await ensure_group(self.gateway, self.keys.audit_stream, AUDITORS)
-                return
             except RedisUnavailableError as exc:
-                _log.warning("worker waiting for redis: %s", exc)
-                with anyio.move_on_after(1):
+                with anyio.move_on_after(self.outage.failed(exc)):
                     await self.stopping.wait()
+            else:
+                self.outage.recovered()
+                return
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], pause_s: float) -> None:
         while not self.stopping.is_set():
-            delay = pause_s  # a failed step backs off once, not for the rest of the run
+            delay = pause_s  # a failed step backs off while Redis is down, not after
             try:
                 await step()
+                self.outage.recovered()
             except RedisUnavailableError as exc:
-                _log.warning("%s: redis unavailable: %s", name, exc)
-                delay = max(pause_s, 0.5)
+                delay = max(pause_s, self.outage.failed(exc))
             except Exception:
                 _log.exception("%s step failed", name)
                 delay = max(pause_s, 0.5)

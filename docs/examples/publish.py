@@ -1,7 +1,9 @@
 """Publish a limit change on Throttler's config stream from any program, with redis-py.
 
 A worker applies it exactly like a change made over HTTP: in stream order, audited and
-announced. Run with the service's settings: ``REDIS_URL=redis://... python publish.py``.
+announced. Run it with the Redis the service uses: ``REDIS_URL=redis://... python
+publish.py`` (`make run` prints that URL when it starts; its embedded server's port is new
+each time).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import uuid
 
 import redis
 
-url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+url = os.environ.get("REDIS_URL")
+if not url:
+    raise SystemExit("set REDIS_URL to the Redis the service uses (`make run` prints it)")
 client = redis.Redis.from_url(url, decode_responses=True)
 prefix = os.environ.get("KEY_PREFIX", "throttler")
 stream = "{" + prefix + "}:config"  # the braces are part of the name: "{throttler}:config"

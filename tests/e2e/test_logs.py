@@ -222,8 +222,13 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
+    """The log lines (stderr), every one JSON; `serve`'s one human line (stdout) aside."""
     entries = []
+    human = [line for line in text.splitlines() if line.startswith("throttler: serving ")]
+    assert len(human) <= 1, human
     for number, line in enumerate(text.splitlines(), 1):
+        if line in human:
+            continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:

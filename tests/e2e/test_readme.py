@@ -1,8 +1,9 @@
 """The README walkthrough and the docs/api.md examples, verbatim, against a real service.
 
 Every ``curl`` command of the README block after ``<!-- walkthrough`` (and of every ``bash``
-block of docs/api.md) runs with bash against a fresh ``throttler serve`` (only
-``http://localhost:8080`` is replaced by the service's address), and its output is compared
+block of docs/api.md) runs with bash against a fresh ``throttler serve`` as ``make run``
+starts it: no ``REDIS_URL``, so on its own embedded server (not a Redis on 6379). Only
+``http://localhost:8080`` is replaced by the service's address. Its output is compared
 with the ``#=>`` lines below it: JSON field by field, the status line and each listed header
 exactly. Time fields may be smaller than shown by at most the time elapsed since the first
 command (time passes), never larger.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 
 from tests.support.service import ServiceProcess
 
@@ -105,14 +107,23 @@ def test_the_examples_are_found(steps: list[Step], at_least: int) -> None:
 
 
 @pytest.fixture
-def service(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
     # WORKER_BLOCK_MS only makes the in-process worker stop sooner; it changes no answer.
-    proc = ServiceProcess({"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "WORKER_BLOCK_MS": "100"})
+    proc = ServiceProcess({"WORKER_BLOCK_MS": "100"}, embedded=True)
     try:
         proc.start(tmp_path)
         yield proc
     finally:
         proc.stop()
+
+
+def changes_in(redis_url: str) -> int:
+    """How many config changes the Redis at ``redis_url`` holds (the walkthrough made them)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.xlen("{throttler}:config"))
+    finally:
+        client.close()
 
 
 def compare_json(actual: Any, expected: Any, elapsed_ms: float, where: str) -> None:
@@ -200,8 +211,13 @@ def run_examples(service: ServiceProcess, steps: list[Step]) -> None:
 
 
 def test_the_readme_walkthrough_gives_the_documented_answers(service: ServiceProcess) -> None:
+    base, docs, redis_url = service.printed()
+    assert (base, docs) == (service.base_url, f"{service.base_url}/schema")
+    assert ":6379/" not in redis_url
     run_examples(service, walkthrough_steps(README.read_text()))
+    assert changes_in(redis_url) == 2  # the walkthrough's create and delete, on that server
 
 
 def test_the_api_docs_examples_give_the_documented_answers(service: ServiceProcess) -> None:
     run_examples(service, bash_block_steps(API_DOCS.read_text()))
+    assert changes_in(service.printed()[2]) > 10

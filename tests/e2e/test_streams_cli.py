@@ -78,7 +78,7 @@ async def test_apply_10000_limits_and_wait(
     keys = KeySpace(prefix)
     assert f"published {count} changes" in out
     assert "applied 10000, skipped 0, failed 0, pending 0" in out
-    assert f"published [##############################] {count}/{count}" in err  # progress
+    assert "\r" not in err  # progress bars are for terminals, not pipes and logs
     assert await redis.xlen(keys.config_stream) == count
     assert await redis.xlen(keys.audit_stream) == count
     store = ConfigStore(gateway, keys, 1000)
@@ -103,7 +103,7 @@ async def test_a_file_with_one_bad_entry_sends_nothing(
     err = done.stderr.decode()
     assert done.returncode == 2
     assert f"{path}:169: item 57: window_ms: Expected `int` >= 1" in err
-    assert "nothing was sent" in err
+    assert "1 problem; nothing was sent" in err
     assert await redis.xlen(keys.config_stream) == 1
 
 
@@ -133,8 +133,9 @@ async def test_dead_letters_list_and_replay(
         await until(two_letters)
         listed = await throttler(env, "dead-letters", "list")
         assert listed.returncode == 0, listed.stderr
-        letters = {d["config_id"]: d for d in map(json.loads, listed.stdout.decode().splitlines())}
-        assert len(letters) == 2
+        entries = json.loads(listed.stdout)  # the body of GET /dead-letters
+        assert [set(entry) for entry in entries] == [{"id", "letter"}] * 2
+        letters = {e["letter"]["config_id"]: {"id": e["id"], **e["letter"]} for e in entries}
         broken = letters.pop(failing)
         (garbage,) = letters.values()
         assert set(broken) == {

@@ -1,58 +1,37 @@
-"""docs/streams.md is true: its snippets run against a real Redis and a worker applies
-what they publish; its field tables list the Structs' fields; the JSON Schema in docs/ is
-what `throttler schema` prints."""
+"""docs/streams.md is true: its commands (redis-cli, the redis-py example, `throttler apply`)
+run against `throttler serve` on its embedded Redis, as `make run` starts it, with the
+REDIS_URL it prints, and the service applies what they publish; its field tables list the
+Structs' fields; the JSON Schema in docs/ is what `throttler schema` prints."""
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import sys
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import msgspec
 import pytest
 
-from core.config_store import ConfigStore
-from core.keys import KeySpace
-from core.settings import Settings, load_settings
-from core.streams import EVENT_FIELD
 from schemas.events import AuditEvent, DeadLetter, LimitChanged, SetLimit
-from schemas.limits import Limit
 from tests.support.poll import until
-from tests.support.worker import running_worker
+from tests.support.service import ServiceProcess
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from collections.abc import Awaitable, Callable, Iterator
 
-    from core.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "streams.md"
 EXAMPLE = ROOT / "docs" / "examples" / "publish.py"
 SCHEMA = ROOT / "docs" / "config-event.schema.json"
-_audit = msgspec.json.Decoder(AuditEvent)
-
-
-async def audit_of(redis: Redis, keys: KeySpace, config_id: str) -> AuditEvent | None:
-    rows: Any = await redis.xrange(keys.audit_stream, min=config_id.partition("-")[0])
-    for _, fields in rows:
-        record = _audit.decode(fields[EVENT_FIELD.encode()])
-        if record.config_id == config_id:
-            return record
-    return None
-
-
-def _settings(redis_url: str, prefix: str) -> Settings:
-    env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "WORKER_BLOCK_MS": "200"}
-    return load_settings(env, env_file=None)
 
 
 def test_the_doc_shows_the_example_file_verbatim() -> None:
@@ -60,59 +39,96 @@ def test_the_doc_shows_the_example_file_verbatim() -> None:
     assert f"```python\n{example}```\n" in DOC.read_text(encoding="utf-8")
 
 
-async def test_the_redis_py_example_is_applied(
-    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
-) -> None:
-    settings = _settings(redis_url, prefix)
-    keys = KeySpace(prefix)
-    async with running_worker(settings, "docs"):
-        with anyio.fail_after(30):
-            done = await anyio.run_process(
-                [sys.executable, str(EXAMPLE)],
-                env={**os.environ, "REDIS_URL": redis_url, "KEY_PREFIX": prefix},
-            )
-        entry_id = done.stdout.decode().strip()
-        assert re.fullmatch(r"\d+-\d+", entry_id), entry_id
-        audit = await until(lambda: audit_of(redis, keys, entry_id))
-    assert (audit.result, audit.key, audit.actor) == ("created", "partner:acme", "billing-service")
-    assert audit.submitted_at_ms > 0
-    limit = Limit(requests=500, window_ms=60_000, algorithm="gcra", burst=50)
-    assert await ConfigStore(gateway, keys, 1000).get("partner:acme") == limit
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    """`throttler serve` as `make run` starts it: on its own embedded Redis."""
+    proc = ServiceProcess({"WORKER_BLOCK_MS": "100", "WORKER_METRICS_PORT": "0"}, embedded=True)
+    try:
+        yield proc.start(tmp_path)
+    finally:
+        proc.stop()
 
 
-def _redis_cli_lines() -> list[str]:
+def _limit_of(service: ServiceProcess, key: str) -> Callable[[], Awaitable[Any]]:
+    """A probe: the key's limit as `GET /rate-limit/{key}` shows it, or None."""
+
+    async def probe() -> Any:
+        async with httpx.AsyncClient(base_url=service.base_url) as api:
+            answer = await api.get(f"/rate-limit/{key}")
+        if answer.status_code != 200:
+            return None
+        return {k: answer.json()[k] for k in ("requests", "window_ms", "algorithm", "burst")}
+
+    return probe
+
+
+async def _gone(service: ServiceProcess, key: str) -> bool:
+    async with httpx.AsyncClient(base_url=service.base_url) as api:
+        return (await api.get(f"/rate-limit/{key}")).status_code == 404
+
+
+async def test_the_redis_py_example_reaches_the_service(service: ServiceProcess) -> None:
+    redis_url = service.printed()[2]  # what `make run` prints: the docs say to use it
+    with anyio.fail_after(30):
+        done = await anyio.run_process(
+            [sys.executable, str(EXAMPLE)], env={**os.environ, "REDIS_URL": redis_url}
+        )
+    assert re.fullmatch(r"\d+-\d+", done.stdout.decode().strip()), done.stdout
+    limit = await until(_limit_of(service, "partner:acme"))
+    assert limit == {"requests": 500, "window_ms": 60000, "algorithm": "gcra", "burst": 50}
+
+
+async def test_the_example_says_it_needs_redis_url() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    with anyio.fail_after(30):
+        done = await anyio.run_process([sys.executable, str(EXAMPLE)], env=env, check=False)
+    assert done.returncode == 1
+    assert b"set REDIS_URL" in done.stderr
+
+
+def _bash_lines() -> list[str]:
     text = DOC.read_text(encoding="utf-8")
-    return [line for line in text.splitlines() if line.startswith("redis-cli XADD ")]
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 
 @pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
-async def test_the_redis_cli_lines_are_applied(
-    redis_url: str, prefix: str, redis: Redis, gateway: Gateway
-) -> None:
-    lines = _redis_cli_lines()
+async def test_the_redis_cli_lines_reach_the_service(service: ServiceProcess) -> None:
+    lines = _bash_lines()
     assert len(lines) == 2
-    settings = _settings(redis_url, prefix)
-    keys = KeySpace(prefix)
-    store = ConfigStore(gateway, keys, 1000)
-    results = []
-    async with running_worker(settings, "docs"):
-        for line in lines:
-            argv = shlex.split(line)
-            assert argv[2] == "{throttler}:config"
-            argv = ["redis-cli", "-u", redis_url, argv[1], keys.config_stream, *argv[3:]]
-            with anyio.fail_after(10):
-                done = await anyio.run_process(argv)
-            entry_id = done.stdout.decode().strip()
-            assert re.fullmatch(r"\d+-\d+", entry_id), done.stdout
-            audit = await until(partial(audit_of, redis, keys, entry_id))
-            results.append((audit.result, audit.key, audit.actor))
-            if len(results) == 1:
-                assert await store.get("free:client-9") == Limit(requests=10, window_ms=60_000)
-    assert results == [
-        ("created", "free:client-9", "ops:redis-cli"),
-        ("deleted", "free:client-9", "ops:redis-cli"),
-    ]
-    assert await store.get("free:client-9") is None
+    assert all(line.startswith('redis-cli -u "$REDIS_URL" XADD ') for line in lines)
+    env = {**os.environ, "REDIS_URL": service.printed()[2]}
+    with anyio.fail_after(10):
+        await anyio.run_process(["bash", "-c", lines[0]], env=env)
+    assert await until(_limit_of(service, "free:client-9")) == {
+        "requests": 10,
+        "window_ms": 60000,
+        "algorithm": "token_bucket",
+        "burst": 10,
+    }
+    with anyio.fail_after(10):
+        await anyio.run_process(["bash", "-c", lines[1]], env=env)
+    await until(partial(_gone, service, "free:client-9"))
+
+
+async def test_the_apply_file_example_reaches_the_service(service: ServiceProcess) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    yaml_file = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert yaml_file
+    env = {**os.environ, "REDIS_URL": service.printed()[2]}
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "throttler", "apply", "-", "--wait", "--timeout", "30"],
+            input=yaml_file[1].encode(),
+            env=env,
+        )
+    assert b"applied 3, skipped 0, failed 0, pending 0" in done.stdout
+    assert (await _limit_of(service, "pro:client-456")()) == {
+        "requests": 10000,
+        "window_ms": 3600000,
+        "algorithm": "gcra",
+        "burst": 500,
+    }
 
 
 async def test_the_schema_in_docs_is_what_throttler_schema_prints() -> None:

@@ -70,3 +70,32 @@ def test_sse_delivers_limit_changes_for_a_prefix(
         assert deleted["event_id"] > note["event_id"]
     finally:
         service.stop()
+
+
+def test_a_keep_alive_is_a_comment_line_and_nothing_else(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """A browser's EventSource fires `onmessage` for any event with a `data:` line, even an
+    empty one: a keep-alive must be a comment alone, or `JSON.parse(e.data)` throws."""
+    env = {
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": prefix,
+        "WORKER_METRICS_PORT": "0",
+        "SSE_KEEPALIVE_MS": "100",
+    }
+    service = ServiceProcess(env, ["serve"]).start(tmp_path)
+    try:
+        with (
+            httpx.Client(base_url=service.base_url, timeout=httpx.Timeout(10.0)) as listener,
+            listener.stream("GET", "/notifications") as stream,
+        ):
+            received = b""
+            chunks = stream.iter_raw()
+            while received.count(b": keep-alive") < 2:
+                received += next(chunks)
+    finally:
+        service.stop()
+    subscribed, _, rest = received.partition(b"\r\n\r\n")
+    assert subscribed == b'event: subscribed\r\ndata: {"prefix":""}'
+    events = [e for e in rest.split(b"\r\n\r\n") if e]
+    assert events[:2] == [b": keep-alive", b": keep-alive"]

@@ -665,11 +665,15 @@ async def test_invalid_keys_are_400_invalid_key_on_every_route(client: Client) -
             assert "1-256 characters" in message, key
 
 
-async def test_a_slash_in_a_key_is_an_unknown_route(client: Client) -> None:
-    for url in ["/rate-limit/a/b", "/rate-limit/a%2Fb"]:
-        error_of(await client.get(url), 404, "not_found")
+async def test_a_slash_in_a_path_is_an_unknown_route(client: Client) -> None:
+    error_of(await client.get("/rate-limit/a/b"), 404, "not_found")
     error_of(await client.post("/rate-limit/a/b/check"), 404, "not_found")
-    # An encoded slash is part of the key (issue 14): an invalid key, not another route.
+
+
+async def test_an_encoded_slash_in_a_key_is_an_invalid_key(client: Client) -> None:
+    # docs/api.md: a `/` in a key is `400 invalid_key` on every route.
+    error_of(await client.get("/rate-limit/a%2Fb"), 400, "invalid_key")
+    error_of(await client.delete("/rate-limit/a%2Fb"), 400, "invalid_key")
     message = error_of(await client.post("/rate-limit/a%2Fb/check"), 400, "invalid_key")
     assert "'/'" in message
 

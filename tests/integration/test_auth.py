@@ -22,7 +22,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.routes import HTTPRoute, WebSocketRoute
 from litestar.testing import AsyncTestClient
 
-from api.auth import WS_UNAUTHORIZED, admin_guard, check_guard
+from api.auth import WS_UNAUTHORIZED, admin_guard, check_guard, notification_guard
 from core.embedded import free_port
 from core.settings import load_settings
 from tests.support.service import ServiceProcess
@@ -84,7 +84,7 @@ def guarded_routes(app: Litestar) -> list[Route]:
         for handler in route.route_handlers:
             guards = handler.guards or []
             for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
-                if admin_guard in guards:
+                if admin_guard in guards or notification_guard in guards:
                     found.append(Route(method, _template(route.path), "admin"))
                 elif check_guard in guards:
                     found.append(Route(method, _template(route.path), "check"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["ServiceProcess", "running"]
 
 
+_SERVING = re.compile(r"^throttler: serving (\S+) \(docs (\S+)\); redis (\S+)", re.MULTILINE)
+
+
 @dataclass
 class ServiceProcess:
     """``throttler <args>`` with the given environment; output goes to a log file.
@@ -29,6 +33,8 @@ class ServiceProcess:
     ``SHUTDOWN_DRAIN_MS`` defaults to 0 here, so that stopping takes no drain period; the
     shutdown tests set it. ``session``: run in a session (and process group) of its own,
     as a service started from a terminal is, so that :meth:`signal_group` can signal it.
+    ``embedded``: no ``REDIS_URL`` at all (not even the developer's), as with a bare
+    ``make run``: `serve` starts its embedded server and prints its URL.
     """
 
     env: dict[str, str]
@@ -37,6 +43,7 @@ class ServiceProcess:
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     session: bool = False
+    embedded: bool = False
 
     @property
     def base_url(self) -> str:
@@ -48,6 +55,9 @@ class ServiceProcess:
         # Most e2e tests give their keys limits inline; off is the default (tested apart).
         env.setdefault("INLINE_LIMITS", "true")
         env.setdefault("SHUTDOWN_DRAIN_MS", "0")
+        if self.embedded:
+            env.pop("REDIS_URL", None)
+            env.pop("KEY_PREFIX", None)
         self.log_path = tmp_path / f"throttler-{self.port}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -74,6 +84,12 @@ class ServiceProcess:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"throttler did not become healthy:\n{self.log()}")
+
+    def printed(self) -> tuple[str, str, str]:
+        """What `serve` printed on its first line: its URL, its docs URL, its Redis URL."""
+        match = _SERVING.search(self.log())
+        assert match, f"no 'throttler: serving' line:\n{self.log()}"
+        return match[1], match[2], match[3]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from core.bulk import BulkChange, parse_bulk_file
+from core.bulk import BulkChange, BulkFileError, parse_bulk_file, parse_bulk_text
 from core.errors import LimitValidationError
 from schemas.limits import Limit
 
@@ -103,10 +103,35 @@ def test_a_bad_item_is_named_by_line_and_position(tmp_path: Path, item: str, mes
     assert not error.endswith(": "), error
 
 
-def test_an_invalid_key_is_named(tmp_path: Path) -> None:
+def test_an_invalid_key_is_named_in_the_apis_words(tmp_path: Path) -> None:
     path = _write(tmp_path, "limits.yaml", GOOD_YAML + "- key: 'a{b}'\n  delete: true\n")
-    error = _error(path)
-    assert error.startswith(f"{path}:13: item 4: key: Expected `str` matching regex"), error
+    assert _error(path) == (
+        f"{path}:13: item 4: key must be 1-256 characters of A-Z a-z 0-9 _ - . : "
+        "(got 4 characters, first invalid character '{')"
+    )
+
+
+def test_every_bad_item_is_reported(tmp_path: Path) -> None:
+    text = (
+        GOOD_YAML
+        + "- key: bad key\n  delete: true\n"
+        + "- key: ok\n  requests: 0\n  window_ms: 1000\n"
+        + "- key: free:client-123\n  delete: true\n"
+    )
+    path = _write(tmp_path, "limits.yaml", text)
+    with pytest.raises(BulkFileError) as info:
+        parse_bulk_file(path)
+    assert info.value.problems == [
+        f"{path}:13: item 4: key must be 1-256 characters of A-Z a-z 0-9 _ - . : "
+        "(got 7 characters, first invalid character ' ')",
+        f"{path}:15: item 5: requests: Expected `int` >= 1",
+        f"{path}:18: item 6: key 'free:client-123' already appears in item 1",
+    ]
+
+
+def test_text_is_parsed_like_a_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "limits.yaml", GOOD_YAML)
+    assert parse_bulk_text(GOOD_YAML, "<stdin>") == parse_bulk_file(path)
 
 
 def test_a_key_may_appear_only_once(tmp_path: Path) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.errors import SettingsError
-from core.settings import Settings, load_settings, redact_url
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from core.settings import Settings, ignored_variables, load_settings, redact_url
 
 #: Every variable the settings read (field ``x_y`` ↔ variable ``X_Y``).
 VARIABLES = frozenset(name.upper() for name in Settings.__struct_fields__)
@@ -262,3 +260,64 @@ def test_serve_reads_a_bad_setting_from_dotenv_too(tmp_path: Path) -> None:
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1
     assert "DEFAULT_REFILL_RATE" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DEFAULT_CAPACITY", "abc", "DEFAULT_CAPACITY must be an integer, got 'abc'"),
+        ("DEFAULT_CAPACITY", "0", "DEFAULT_CAPACITY must be at least 1, got '0'"),
+        ("REDIS_TIMEOUT_MS", "4000000", "REDIS_TIMEOUT_MS must be at most 3600000, got '4000000'"),
+        ("DEFAULT_REFILL_RATE", "fast", "DEFAULT_REFILL_RATE must be a number, got 'fast'"),
+        ("REDIS_CLUSTER", "maybe", "REDIS_CLUSTER must be true or false, got 'maybe'"),
+        (
+            "LOG_LEVEL",
+            "loud",
+            "LOG_LEVEL must be one of debug, info, warning, error, critical, got 'loud'",
+        ),
+    ],
+)
+def test_an_invalid_value_is_explained_in_words(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(**{variable: value})
+    assert str(info.value) == f"{message} (from the environment)"
+
+
+def test_an_invalid_value_names_the_file_it_came_from(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("DEFAULT_CAPACITY=abc\nKEY_PREFIX=a b\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings({}, env_file=env_file)
+    assert str(info.value) == f"DEFAULT_CAPACITY must be an integer, got 'abc' (from {env_file})"
+    with pytest.raises(SettingsError) as info:
+        load_settings({"DEFAULT_CAPACITY": "5"}, env_file=env_file)
+    assert str(info.value).endswith(f"(got 'a b') (from {env_file})")
+
+
+def test_the_env_example_lists_every_setting_with_its_default() -> None:
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    listed = {
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert listed == VARIABLES
+    assert load_settings({}, env_file=example) == load()
+    assert ignored_variables({}, env_file=example) == []
+
+
+def test_variables_meant_for_throttler_that_it_ignores_are_named() -> None:
+    env = {
+        "RUST_LOG": "debug",
+        "THROTTLER_REDIS_URL": "redis://x:1/0",
+        "THROTTLER_SERVE_WORKER": "1",  # set by `serve` itself
+        "THROTTLER_COLOUR": "blue",
+        "LOG_LEVEL": "info",
+        "HOME": "/root",
+    }
+    assert ignored_variables(env, env_file=None) == [
+        "RUST_LOG (the original service's; use LOG_LEVEL)",
+        "THROTTLER_COLOUR (not a setting: settings have no THROTTLER_ prefix)",
+        "THROTTLER_REDIS_URL (not a setting: settings have no THROTTLER_ prefix; "
+        "did you mean REDIS_URL?)",
+    ]
