@@ -183,7 +183,7 @@ def complete_document(openapi: OpenAPI) -> None:
         if rules := _RULES.get(struct):
             schema.all_of = rules
     for path, item in (openapi.paths or {}).items():
-        for method in ("get", "head", "post", "delete"):
+        for method in ("get", "head", "post", "put", "delete"):
             operation = getattr(item, method, None)
             if operation is None or not operation.responses:
                 continue

@@ -190,27 +190,26 @@ class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
     """A key's own limits: one limit (``requests``, ``window_ms``, ``algorithm``, ``burst``,
     as always), or several (``limits``, with ``shadow``)."""
 
-    requests: Requests | None = None
-    window_ms: WindowMs | None = None
-    algorithm: Algorithm | None = None
+    requests: Requests = 0  # 0: not given (the limits form)
+    window_ms: WindowMs = 0
+    algorithm: Algorithm = "token_bucket"
     burst: Burst | None = None
-    limits: Limits | None = None
-    shadow: Shadow | None = None
+    limits: Limits = msgspec.field(default_factory=list)
+    shadow: Shadow = False
 
     def __post_init__(self) -> None:
         self.resolve()
 
     def resolve(self) -> Limit | KeyLimits:
-        single = (self.requests, self.window_ms, self.algorithm, self.burst)
-        if self.limits is not None:
-            if any(v is not None for v in single):
+        if self.limits:
+            if self.requests or self.window_ms or self.burst is not None:
                 raise ValueError("give one limit (requests, window_ms, ...) or limits, not both")
-            return KeyLimits(self.limits, bool(self.shadow))
-        if self.shadow is not None:
+            return KeyLimits(self.limits, self.shadow)
+        if self.shadow:
             raise ValueError('shadow needs limits: {"limits": [...], "shadow": true}')
-        if self.requests is None or self.window_ms is None:
+        if not self.requests or not self.window_ms:
             raise ValueError("requests and window_ms are required (or limits)")
-        return Limit(self.requests, self.window_ms, self.algorithm or "token_bucket", self.burst)
+        return Limit(self.requests, self.window_ms, self.algorithm, self.burst)
 
 
 class AcceptedResponse(msgspec.Struct):

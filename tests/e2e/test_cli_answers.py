@@ -95,8 +95,9 @@ def test_apply_reports_every_bad_item_in_the_apis_words(tmp_path: Path) -> None:
     done = throttler("apply", "--check", str(path))
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        f"throttler apply: {path}:4: item 2: key must be 1-256 characters of "
-        "A-Z a-z 0-9 _ - . : (got 6 characters, first invalid character ' ')",
+        f"throttler apply: {path}:4: item 2: key must be 1-256 characters (at most 256 "
+        "bytes of UTF-8) without whitespace, control characters, / { } or * "
+        "(got 6 bytes, first invalid character ' ')",
         f"throttler apply: {path}:6: item 3: window_ms: Expected `int` >= 1",
         "throttler apply: 2 problems; the file is not valid",
     ]

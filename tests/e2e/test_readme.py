@@ -148,6 +148,13 @@ def compare_json(actual: Any, expected: Any, elapsed_ms: float, where: str) -> N
         if isinstance(want, str):  # e.g. the message quotes retry_after_ms
             for old, new in replacements.items():
                 want = want.replace(old, new)
+        if isinstance(want, list) and want and all(isinstance(w, dict) for w in want):
+            # e.g. every limit's usage in GET /rate-limit/{key}: its times change as well
+            assert isinstance(actual[name], list), f"{where}: {name} = {actual[name]!r}"
+            assert len(actual[name]) == len(want), f"{where}: {name} = {actual[name]!r}"
+            for i, (got_item, want_item) in enumerate(zip(actual[name], want, strict=True)):
+                compare_json(got_item, want_item, elapsed_ms, f"{where}: {name}[{i}]")
+            continue
         assert actual[name] == want, f"{where}: {name} = {actual[name]!r}, documented {want!r}"
 
 

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from schemas.events import AuditEvent, DeadLetter, LimitChanged, SetLimit
+from schemas.events import AuditEvent, DeadLetter, LimitChanged, PolicyChanged, SetLimit
 from tests.support.poll import until
 from tests.support.service import ServiceProcess
 
@@ -55,7 +55,7 @@ def _limit_of(service: ServiceProcess, key: str) -> Callable[[], Awaitable[Any]]
     async def probe() -> Any:
         async with httpx.AsyncClient(base_url=service.base_url) as api:
             answer = await api.get(f"/rate-limit/{key}")
-        if answer.status_code != 200:
+        if answer.status_code != 200 or answer.json()["source"] != "key":
             return None
         return {k: answer.json()[k] for k in ("requests", "window_ms", "algorithm", "burst")}
 
@@ -64,7 +64,7 @@ def _limit_of(service: ServiceProcess, key: str) -> Callable[[], Awaitable[Any]]
 
 async def _gone(service: ServiceProcess, key: str) -> bool:
     async with httpx.AsyncClient(base_url=service.base_url) as api:
-        return (await api.get(f"/rate-limit/{key}")).status_code == 404
+        return bool((await api.get(f"/rate-limit/{key}")).json()["source"] == "default")
 
 
 async def test_the_redis_py_example_reaches_the_service(service: ServiceProcess) -> None:
@@ -157,7 +157,8 @@ def _table_after(marker: str) -> set[str]:
     [
         ("SetLimit", SetLimit, {"type"}),
         ("AuditEvent", AuditEvent, set()),
-        ("LimitChanged", LimitChanged, set()),
+        ("LimitChanged", LimitChanged, {"type"}),  # a tag, not a field
+        ("PolicyChanged", PolicyChanged, {"type"}),
         ("DeadLetter", DeadLetter, set()),
     ],
 )

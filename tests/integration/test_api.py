@@ -614,7 +614,7 @@ async def test_openapi_describes_every_route_body_and_error(client: Client) -> N
     # (CheckAllowed may carry an optional `enforced`, present only under FAILURE_POLICY=open)
     assert set(schemas["CheckAllowed"]["required"]) == ALLOWED_KEYS
     assert set(schemas["CheckAllowed"]["properties"]) >= ALLOWED_KEYS
-    assert set(schemas["CheckDenied"]["properties"]) == DENIED_KEYS
+    assert set(schemas["CheckDenied"]["properties"]) == DENIED_KEYS | {"policy"}  # issue 10
     assert set(schemas["ErrorResponse"]["properties"]) == {"error", "message"}
     assert set(schemas["LimitStatus"]["properties"]) == STATUS_KEYS
     assert set(schemas["HealthResponse"]["properties"]) == {"status", "version", "timestamp"}

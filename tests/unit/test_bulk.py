@@ -106,8 +106,9 @@ def test_a_bad_item_is_named_by_line_and_position(tmp_path: Path, item: str, mes
 def test_an_invalid_key_is_named_in_the_apis_words(tmp_path: Path) -> None:
     path = _write(tmp_path, "limits.yaml", GOOD_YAML + "- key: 'a{b}'\n  delete: true\n")
     assert _error(path) == (
-        f"{path}:13: item 4: key must be 1-256 characters of A-Z a-z 0-9 _ - . : "
-        "(got 4 characters, first invalid character '{')"
+        f"{path}:13: item 4: key must be 1-256 characters (at most 256 bytes of UTF-8) "
+        "without whitespace, control characters, / { } or * "
+        "(got 4 bytes, first invalid character '{')"
     )
 
 
@@ -122,8 +123,9 @@ def test_every_bad_item_is_reported(tmp_path: Path) -> None:
     with pytest.raises(BulkFileError) as info:
         parse_bulk_file(path)
     assert info.value.problems == [
-        f"{path}:13: item 4: key must be 1-256 characters of A-Z a-z 0-9 _ - . : "
-        "(got 7 characters, first invalid character ' ')",
+        f"{path}:13: item 4: key must be 1-256 characters (at most 256 bytes of UTF-8) "
+        "without whitespace, control characters, / { } or * "
+        "(got 7 bytes, first invalid character ' ')",
         f"{path}:15: item 5: requests: Expected `int` >= 1",
         f"{path}:18: item 6: key 'free:client-123' already appears in item 1",
     ]

