@@ -26,8 +26,8 @@ from litestar.openapi.spec import (
 
 from api.docs_ui import OfflineSwaggerUI
 from core.version import VERSION
-from schemas.http import BatchItem, BatchRequest, CheckRequest
-from schemas.limits import KEY_PATTERN, MAX_SLIDING_REQUESTS, Limit
+from schemas.http import BatchItem, BatchRequest, CheckRequest, LimitBody
+from schemas.limits import KEY_PATTERN, MAX_SLIDING_REQUESTS, Limit, Policy
 
 if TYPE_CHECKING:
     import msgspec
@@ -165,12 +165,31 @@ _INLINE_RULES = [
     _given("algorithm", _STRING, "requests", "window_ms"),
     _given("burst", _INTEGER, "requests", "window_ms"),
 ]
+_SINGLE = ("requests", "window_ms", "algorithm", "burst")
+#: A key's limits: one limit, or ``limits`` (with ``shadow``), never both.
+_BODY_RULES = [
+    Schema(
+        schema_if=Schema(required=["limits"]),
+        then=Schema(schema_not=Schema(any_of=[Schema(required=[f]) for f in _SINGLE])),
+        schema_else=Schema(
+            required=["requests", "window_ms"], schema_not=Schema(required=["shadow"])
+        ),
+    ),
+]
 _RULES: dict[type[msgspec.Struct], list[Schema]] = {
     Limit: _LIMIT_RULES,
     CheckRequest: [*_LIMIT_RULES, *_INLINE_RULES],
+    LimitBody: [*_LIMIT_RULES, *_BODY_RULES],
 }
 #: Request bodies: they reject unknown fields.
-_BODIES: tuple[type[msgspec.Struct], ...] = (Limit, CheckRequest, BatchRequest, BatchItem)
+_BODIES: tuple[type[msgspec.Struct], ...] = (
+    Limit,
+    CheckRequest,
+    BatchRequest,
+    BatchItem,
+    LimitBody,
+    Policy,
+)
 
 
 def complete_document(openapi: OpenAPI) -> None:
@@ -182,6 +201,9 @@ def complete_document(openapi: OpenAPI) -> None:
             schema.additional_properties = False
         if rules := _RULES.get(struct):
             schema.all_of = rules
+    match = schemas[Policy.__name__].properties or {}
+    if isinstance(schema := match.get("match"), Schema):
+        schema.unique_items = True
     for path, item in (openapi.paths or {}).items():
         for method in ("get", "head", "post", "put", "delete"):
             operation = getattr(item, method, None)

@@ -4,13 +4,14 @@ deleted. Changes travel on the config stream like a key's limits (audited, annou
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Request, Response, delete, get, put
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from api.allow import options_route
 from api.auth import admin_guard
 from api.bodies import blank_body_is_no_body
 from api.openapi import ADMIN
@@ -30,7 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = ["POLICY_ROUTES"]
 
-Name = FromPath[str]
+Name = Annotated[
+    str,
+    PathParameter(
+        description="The policy's name: 1-64 characters of A-Z a-z 0-9 _ - . :",
+        schema_extra={"pattern": POLICY_NAME_PATTERN, "minLength": 1, "maxLength": 64},
+    ),
+]
 _NAME = re.compile(POLICY_NAME_PATTERN)
 _CONFLICT = ResponseSpec(
     data_container=ErrorResponse,
@@ -184,4 +191,10 @@ async def delete_policy(request: Request[Any, Any, Any], name: Name) -> Response
     return Response(_view(name, outcome.before))
 
 
-POLICY_ROUTES = [put_policy, get_policy, list_policies, delete_policy]
+POLICY_ROUTES = [
+    options_route("/policies/{name:str}", "GET", "PUT", "DELETE"),  # first: see api.allow
+    put_policy,
+    get_policy,
+    list_policies,
+    delete_policy,
+]

@@ -47,7 +47,8 @@ Key = Annotated[
         schema_extra=KEY_SCHEMA,
     ),
 ]
-_CURSOR = re.compile(r"[0-9]{1,4}:[0-9]{1,20}")
+CURSOR_PATTERN = r"^([0-9]{1,4}:[0-9]{1,20})?$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 def _services(request: Request[Any, Any, Any]) -> Services:
@@ -213,12 +214,12 @@ async def list_limits(
     request: Request[Any, Any, Any],
     prefix: FromQuery[Annotated[str, Parameter(max_length=256)]] = "",
     count: FromQuery[Annotated[int, Parameter(ge=1, le=1000)]] = 100,
-    cursor: FromQuery[Annotated[str, Parameter(max_length=64)]] = "",
+    cursor: FromQuery[Annotated[str, Parameter(max_length=64, pattern=CURSOR_PATTERN)]] = "",
 ) -> KeyList:
     """Keys starting with `prefix` that have limits of their own (set with `POST` or
     inline), about `count` per page; pass `next_cursor` back as `cursor` for the next page
     (`null`: the last). Scans every Redis node."""
-    if cursor and not _CURSOR.fullmatch(cursor):
+    if not _CURSOR.fullmatch(cursor):
         raise LimitValidationError("cursor: not a cursor this service gave", field="cursor")
     store = _services(request).config
     found, following = await store.list_keys(prefix, count, cursor)

@@ -171,6 +171,19 @@ def service_phases(url: str, seconds: float, rounds: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def policy_phase(url: str, seconds: float) -> float:
+    """Checks on random keys under a two-limit policy (a burst and a daily quota, large
+    enough never to deny here): requests/s, to set beside the single-limit rate."""
+    limits = [
+        {"requests": 1_000_000, "window_ms": 1000},
+        {"requests": 1_000_000_000, "window_ms": 86_400_000, "algorithm": "fixed_window"},
+    ]
+    put = httpx.put(f"{url}/policies/bench", json={"limits": limits, "match": ["bench:*"]})
+    if put.status_code not in (200, 201):
+        raise BenchError(f"policy: PUT answered {put.status_code} {put.text}")
+    return float(wrk(url, "single", connections=32, seconds=seconds)["rps"])
+
+
 def _limiter() -> Limiter:
     """Builds script arguments only (core's own contract; no gateway needed)."""
     settings = load_settings({}, env_file=None)
@@ -320,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         a = serve(stack, port)
         results["redis"] = redis.Redis(port=port).info("server")["redis_version"]
         results["service"] = service_phases(a, args.seconds, args.rounds)
+        results["service"]["policy_check_rps"] = policy_phase(a, args.seconds)
         results["redis_benchmark_checks_per_s"] = redis_benchmark(port, args.seconds)
         b = serve(stack, port, "--no-worker")
         results["propagation"] = propagation(a, b, 200)
@@ -341,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n/health {s['health_rps']:,.0f} req/s, checks {s['check_rps']:,.0f}/s, batch "
         f"{s['batch_checks_per_s']:,.0f} checks/s, redis-benchmark {redis_rate:,.0f}/s"
+    )
+    print(
+        f"checks under a two-limit policy {s['policy_check_rps']:,.0f}/s "
+        f"({s['policy_check_rps'] / s['check_rps']:.2f}x the single-limit rate)"
     )
     print(f"in-process calls/s: {results['in_process']}")
     print(f"written {args.out}")

@@ -190,26 +190,33 @@ class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
     """A key's own limits: one limit (``requests``, ``window_ms``, ``algorithm``, ``burst``,
     as always), or several (``limits``, with ``shadow``)."""
 
-    requests: Requests = 0  # 0: not given (the limits form)
-    window_ms: WindowMs = 0
-    algorithm: Algorithm = "token_bucket"
-    burst: Burst | None = None
-    limits: Limits = msgspec.field(default_factory=list)
-    shadow: Shadow = False
+    requests: Requests | msgspec.UnsetType = msgspec.UNSET
+    window_ms: WindowMs | msgspec.UnsetType = msgspec.UNSET
+    algorithm: Algorithm | msgspec.UnsetType = msgspec.UNSET
+    burst: Burst | None | msgspec.UnsetType = msgspec.UNSET
+    limits: Limits | msgspec.UnsetType = msgspec.UNSET
+    shadow: Shadow | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
         self.resolve()
 
     def resolve(self) -> Limit | KeyLimits:
-        if self.limits:
-            if self.requests or self.window_ms or self.burst is not None:
+        single = (self.requests, self.window_ms, self.algorithm, self.burst)
+        if not isinstance(self.limits, msgspec.UnsetType):
+            if any(not isinstance(v, msgspec.UnsetType) for v in single):
                 raise ValueError("give one limit (requests, window_ms, ...) or limits, not both")
-            return KeyLimits(self.limits, self.shadow)
-        if self.shadow:
+            return KeyLimits(self.limits, self.shadow is True)
+        if not isinstance(self.shadow, msgspec.UnsetType):
             raise ValueError('shadow needs limits: {"limits": [...], "shadow": true}')
-        if not self.requests or not self.window_ms:
+        if isinstance(self.requests, msgspec.UnsetType) or isinstance(
+            self.window_ms, msgspec.UnsetType
+        ):
             raise ValueError("requests and window_ms are required (or limits)")
-        return Limit(self.requests, self.window_ms, self.algorithm, self.burst)
+        algorithm = (
+            "token_bucket" if isinstance(self.algorithm, msgspec.UnsetType) else self.algorithm
+        )
+        burst = None if isinstance(self.burst, msgspec.UnsetType) else self.burst
+        return Limit(self.requests, self.window_ms, algorithm, burst)
 
 
 class AcceptedResponse(msgspec.Struct):

@@ -13,7 +13,7 @@ import msgspec
 from core.gateway import Gateway, text
 from core.keys import APPLIERS, KeySpace
 from core.streams import EVENT_FIELD, now_ms, publish_many
-from schemas.events import AuditEvent, ConfigEvent, DeadLetter, DeleteLimit, SetLimit
+from schemas.events import AuditEvent, ConfigEvent, DeadLetter
 from workers.heartbeat import any_alive
 
 if TYPE_CHECKING:
@@ -71,12 +71,7 @@ async def apply_changes(
         print("nothing to apply")
         return 0
     submitted = now_ms()
-    events: list[ConfigEvent] = [
-        DeleteLimit(key=c.key, actor=actor, submitted_at_ms=submitted)
-        if c.limit is None
-        else SetLimit(key=c.key, limit=c.limit, actor=actor, submitted_at_ms=submitted)
-        for c in changes
-    ]
+    events: list[ConfigEvent] = [c.event(actor, submitted) for c in changes]
     gateway = Gateway(settings)
     keys = KeySpace(settings.key_prefix)
     ids: list[str] = []

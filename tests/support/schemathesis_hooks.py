@@ -19,6 +19,8 @@ STATE_AND_CROSS_FIELD_RULES = re.compile(
     r"tokens \(\d+\) exceeds the limit's capacity"  # tokens vs the (stored) limit
     r"|gcra: burst × window / requests must be at most"  # a product of three fields
     r"|all_or_nothing on a Redis Cluster"  # the deployment, not the request
+    r"|key must be .* \(got \d+ bytes\)$"  # 256 characters, but more than 256 bytes
+    r"|match: .* is longer than \d+ bytes"  # the same, for a pattern
 )
 
 

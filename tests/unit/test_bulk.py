@@ -86,7 +86,7 @@ def test_an_empty_file_has_no_changes(tmp_path: Path) -> None:
             "  requests: 5\n  window_ms: 1000\n  colour: red",
             "Object contains unknown field `colour`",
         ),
-        ("  requests: 5", "requests and window_ms are required (or delete: true)"),
+        ("  requests: 5", "requests and window_ms are required (or delete: true"),
         ("  delete: true\n  requests: 5", "a delete item takes no requests or window_ms"),
         (
             "  requests: 5\n  window_ms: 1000\n  algorithm: sliding_window\n  burst: 2",
@@ -161,3 +161,43 @@ def test_files_that_are_not_lists_of_items(tmp_path: Path, text: str, message: s
 
 def test_an_unreadable_file_is_reported(tmp_path: Path) -> None:
     assert "cannot read" in _error(tmp_path / "missing.yaml")
+
+
+def test_policies_and_keys_with_several_limits_are_changes_too(tmp_path: Path) -> None:
+    text = (
+        "- key: api:partner\n"
+        "  limits:\n"
+        "    - {requests: 5, window_ms: 1000}\n"
+        "    - {requests: 100, window_ms: 86400000, algorithm: fixed_window}\n"
+        "  shadow: true\n"
+        "- policy: free-tier\n"
+        '  match: ["free:*", "trial:acme"]\n'
+        "  limits: [{requests: 10, window_ms: 1000}]\n"
+        "- policy: old-tier\n"
+        "  delete: true\n"
+    )
+    changes = parse_bulk_text(text, "f.yaml")
+    events = [c.event("cli:test", 1) for c in changes]
+    assert [type(e).__name__ for e in events] == ["SetLimits", "SetPolicy", "DeletePolicy"]
+    assert events[0].shadow is True  # type: ignore[union-attr]
+    assert [c.line for c in changes] == [1, 6, 9]
+    policy = changes[1].policy
+    assert policy is not None
+    assert policy.match == ["free:*", "trial:acme"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("- policy: p\n", "a policy item needs limits"),
+        ("- policy: 'bad name'\n  delete: true\n", "policy: a name is 1-64 characters"),
+        ("- key: k\n  policy: p\n  delete: true\n", "a key or a policy"),
+        ("- key: k\n  match: ['x']\n  limits: [{requests: 1, window_ms: 1}]\n", "match"),
+        ("- policy: p\n  limits: [{requests: 1, window_ms: 1}]\n  match: ['a*b']\n", "match"),
+        ("- policy: p\n  delete: true\n- policy: p\n  delete: true\n", "already appears"),
+    ],
+)
+def test_bad_policy_items_are_reported(item: str, message: str) -> None:
+    with pytest.raises(BulkFileError) as info:
+        parse_bulk_text(item, "f.yaml")
+    assert message in str(info.value)
