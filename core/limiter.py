@@ -125,7 +125,13 @@ class Limiter:
     def _call(
         self, key: str, tokens: int, inline: Limit | None, now_us: int | None, mode: str | None
     ) -> tuple[list[str], list[Any], Resolved]:
-        given = self.policies.resolve(key) if inline is None else Resolved.of(None, (inline,))
+        given = self.policies.resolve(key)
+        if inline is not None and given.name is None:
+            # Only a key no policy covers may get an inline limit: a policy is configuration,
+            # and a check never overrides what the config path set.
+            given = Resolved.of(None, (inline,))
+        else:
+            inline = None
         now: Any = "" if now_us is None else now_us
         mode = mode or ("d" if inline is None else "i")
         args = [now, mode, self._inline_ttl, tokens, *given.args]
@@ -149,8 +155,8 @@ class Limiter:
     ) -> CheckResult:
         """Spend ``tokens`` from every limit of ``key`` (or peek with 0).
 
-        ``inline`` is stored as the key's own limit when it has none (with a TTL: see
-        INLINE_LIMIT_TTL_MS). ``now_us`` overrides the server clock; only tests pass it.
+        ``inline`` is stored as the key's own limit when it has none and no policy covers
+        it (with a TTL: see INLINE_LIMIT_TTL_MS); else it is ignored. ``now_us`` overrides the server clock; only tests pass it.
         """
         keys, args, given = self._call(key, tokens, inline, now_us, None)
         return self.result(await self._gateway.run(CHECK, keys, args), tokens, given)

@@ -9,6 +9,7 @@ file), which the CLI prints as one line instead of a traceback.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import typing
@@ -22,7 +23,20 @@ from dotenv import dotenv_values
 
 from core.errors import SettingsError
 
-__all__ = ["Settings", "ignored_variables", "load_settings", "redact_url"]
+__all__ = [
+    "MIN_TOKEN_CHARS",
+    "Settings",
+    "ignored_variables",
+    "is_loopback",
+    "load_settings",
+    "redact_url",
+    "refuse_exposed_bind",
+]
+
+#: The shortest ADMIN_TOKEN / CHECK_TOKEN accepted (``openssl rand -hex 32`` gives 64).
+MIN_TOKEN_CHARS = 32
+_TOKENS = ("admin_token", "check_token")
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: a header value
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 _QUERY_PASSWORD_RE = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
@@ -52,6 +66,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_drain_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5000
     admin_token: str | None = None
     check_token: str | None = None
+    #: true: start with auth that is unsafe on a network (an empty or short token, a
+    #: non-loopback bind without ADMIN_TOKEN). For experiments on a trusted machine only.
+    allow_insecure: bool = False
     #: Web origins allowed to call the API from a browser (comma-separated; empty: none).
     cors_origins: str = ""
     #: How often an idle notification stream (SSE) gets a keep-alive comment.
@@ -78,6 +95,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"KEY_PREFIX must be 1-64 characters of A-Z a-z 0-9 _ - . (got {self.key_prefix!r})"
             )
         _split_bind(self.bind_address)
+        for name in _TOKENS:
+            _check_token(name.upper(), getattr(self, name), self.allow_insecure)
         if self.redis_url is not None:
             _check_redis_url(self.redis_url)
 
@@ -102,6 +121,47 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         while requests > 1_000_000_000 or window_ms > 2_678_400_000:
             requests, window_ms = max(1, requests // 2), max(1, window_ms // 2)
         return requests, window_ms
+
+
+def _check_token(variable: str, token: str | None, insecure: bool) -> None:
+    """Refuse a token an attacker could guess or a header could not carry."""
+    if token is None:
+        return
+    if not _TOKEN_RE.match(token):
+        raise SettingsError(
+            f"{variable} must be printable ASCII without spaces (a bearer token); "
+            "generate one with `openssl rand -hex 32`"
+        )
+    if len(token) < MIN_TOKEN_CHARS and not insecure:
+        raise SettingsError(
+            f"{variable} must be at least {MIN_TOKEN_CHARS} characters (got {len(token)}); "
+            "generate one with `openssl rand -hex 32` (ALLOW_INSECURE=true accepts it anyway)"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only listens on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to a public address
+
+
+def refuse_exposed_bind(settings: Settings) -> None:
+    """A server about to listen beyond loopback without ADMIN_TOKEN would let anyone who
+    reaches it change limits: refuse, unless ALLOW_INSECURE says otherwise."""
+    if (
+        settings.admin_token is None
+        and not settings.allow_insecure
+        and not is_loopback(settings.host)
+    ):
+        raise SettingsError(
+            f"BIND_ADDRESS {settings.bind_address} is not a loopback address and ADMIN_TOKEN "
+            "is not set: anyone who can reach it could change limits. Set ADMIN_TOKEN "
+            "(`openssl rand -hex 32`), bind 127.0.0.1, or set ALLOW_INSECURE=true"
+        )
 
 
 def _check_redis_url(url: str) -> None:
@@ -151,6 +211,8 @@ def load_settings(
     env = os.environ if environ is None else environ
     fields = {name.upper(): name for name in Settings.__struct_fields__}
     raw = {fields[k]: v for k, v in values.items() if k in fields and v != ""}
+    # An empty token is not "no token": it would silently turn auth off.
+    empty = [k for k in ("ADMIN_TOKEN", "CHECK_TOKEN") if values.get(k, None) == ""]
     for name in _CASE_FREE:  # LOG_LEVEL=INFO means info
         if name in raw:
             raw[name] = raw[name].lower()
@@ -159,12 +221,18 @@ def load_settings(
         return "the environment" if variable in env else str(env_file)
 
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(_explain(str(exc), values, origin)) from None
     except SettingsError as exc:  # from __post_init__: the message starts with the variable
         variable = str(exc).split(" ", 1)[0]
         raise SettingsError(f"{exc} (from {origin(variable)})") from None
+    if empty and not settings.allow_insecure:
+        raise SettingsError(
+            f"{empty[0]} is set but empty (from {origin(empty[0])}), which would turn its "
+            "auth off: give it a token (`openssl rand -hex 32`) or remove the variable"
+        )
+    return settings
 
 
 _TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}

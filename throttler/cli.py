@@ -22,7 +22,14 @@ import anyio
 
 from core.errors import RedisUnavailableError, SettingsError
 from core.logs import configure_logging, redact, register_secret
-from core.settings import Settings, ignored_variables, load_settings, redact_url
+from core.settings import (
+    Settings,
+    ignored_variables,
+    is_loopback,
+    load_settings,
+    redact_url,
+    refuse_exposed_bind,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -51,8 +58,11 @@ environment (a .env file in the working directory is read too; README.md lists a
   FAILURE_POLICY       closed (503 when Redis cannot answer) or open (allow, marked)
   BREAKER_FAILURES     consecutive Redis failures that open the circuit (default 5)
   BREAKER_COOLDOWN_MS  how long the circuit stays open before a probe (default 1000)
-  ADMIN_TOKEN          bearer token for limit CRUD, dead letters, notifications
-  CHECK_TOKEN          bearer token for checks (unset: checks are open)
+  ADMIN_TOKEN          bearer token for limit CRUD, dead letters, notifications; at
+                       least 32 characters; required to bind a non-loopback address
+  CHECK_TOKEN          bearer token for checks, at least 32 characters (unset: open)
+  ALLOW_INSECURE       true: accept short tokens and a non-loopback bind without
+                       ADMIN_TOKEN (experiments only; default false)
   CORS_ORIGINS         web origins allowed to call the API from a browser (comma-separated)
   INLINE_LIMITS        true: a check may create a limit for a key that has none (false)
   INLINE_LIMIT_TTL_MS  an inline limit expires this long after its last spend (86400000)
@@ -164,9 +174,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load({"BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
     _configure(settings)
     os.environ[_SERVE_WORKER] = "0" if args.no_worker else "1"
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.admin_token:
+    refuse_exposed_bind(settings)
+    if not is_loopback(settings.host) and not settings.admin_token:  # ALLOW_INSECURE said so
         _log.warning(
-            "binding %s without ADMIN_TOKEN: anyone who can reach it can change limits",
+            "binding %s without ADMIN_TOKEN (ALLOW_INSECURE=true): anyone who can reach it "
+            "can change limits",
             settings.bind_address,
         )
     # Until the server handles SIGTERM itself, exit through the finally below (which stops

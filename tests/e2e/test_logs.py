@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from core.gateway import Gateway
 
 PASSWORD = "s3cret-pw-XYZ"
-TOKEN = "tok-SECRET-123"
+TOKEN = "tok-SECRET-123-0123456789abcdef01234567"
 KEY = "user-42.logs"
 
 

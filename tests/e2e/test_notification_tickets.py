@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-TOKEN = "admin-secret-token"
+TOKEN = "admin-secret-token-0123456789abcdef01234"
 PAGE = "https://dashboard.example"
 
 

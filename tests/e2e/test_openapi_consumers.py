@@ -22,7 +22,7 @@ from tests.support.service import ServiceProcess
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-ADMIN, CHECKER = "admin-token", "check-token"
+ADMIN, CHECKER = "admin-token-0123456789abcdef0123456789", "check-token-0123456789abcdef0123456789"
 REFERENCES = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
 
 

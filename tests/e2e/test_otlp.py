@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 KEY = "user-7d1f.secret-key"  # must never be part of a span name
-TOKEN = "tok-otlp-test"
+TOKEN = "tok-otlp-test-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

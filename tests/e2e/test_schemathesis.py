@@ -27,10 +27,10 @@ CONFIG = """\
 max-stream-events = 1  # GET /notifications never ends: its first event will do
 
 [auth.openapi.adminToken]
-bearer = "admin-secret"
+bearer = "admin-secret-0123456789abcdef0123456789"
 
 [auth.openapi.checkToken]
-bearer = "check-secret"
+bearer = "check-secret-0123456789abcdef0123456789"
 """
 
 
@@ -40,8 +40,8 @@ def test_every_phase_and_check_passes(redis_url: str, prefix: str, tmp_path: Pat
         "KEY_PREFIX": prefix,
         "WORKER_METRICS_PORT": "0",
         "WORKER_BLOCK_MS": "100",
-        "ADMIN_TOKEN": "admin-secret",
-        "CHECK_TOKEN": "check-secret",
+        "ADMIN_TOKEN": "admin-secret-0123456789abcdef0123456789",
+        "CHECK_TOKEN": "check-secret-0123456789abcdef0123456789",
         "LOG_LEVEL": "warning",
     }
     service = ServiceProcess(env).start(tmp_path)

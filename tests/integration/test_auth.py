@@ -350,14 +350,32 @@ def _wait_for_line(service: ServiceProcess, pattern: str, within: float) -> str:
         time.sleep(0.02)
 
 
-WARNING = r"binding 0\.0\.0\.0:\d+ without ADMIN_TOKEN"
+WARNING = r"binding 0\.0\.0\.0:\d+ without ADMIN_TOKEN \(ALLOW_INSECURE=true\)"
 
 
-def test_binding_a_public_address_without_admin_token_warns(
+def test_binding_a_public_address_without_admin_token_is_refused(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "WORKER_METRICS_PORT": "0"}
+    service = ServiceProcess(env, ["serve", "--bind", f"0.0.0.0:{port}"], port=port)
+    try:
+        service.start(tmp_path, wait=False)
+        assert service.proc is not None
+        code = service.proc.wait(timeout=30)
+    finally:
+        service.stop()
+    assert code == 2, service.log()
+    assert "not a loopback address and ADMIN_TOKEN is not set" in service.log()
+    assert "Uvicorn running" not in service.log()
+
+
+def test_allow_insecure_binds_a_public_address_with_a_warning(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "WORKER_METRICS_PORT": "0"}
+    env["ALLOW_INSECURE"] = "true"
     service = ServiceProcess(env, ["serve", "--bind", f"0.0.0.0:{port}"], port=port)
     try:
         service.start(tmp_path, wait=False)

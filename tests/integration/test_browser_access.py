@@ -34,7 +34,11 @@ async def test_no_cross_origin_access_by_default(settings: Settings) -> None:
 
 
 async def test_a_ticket_never_reaches_a_span(redis_url: str, prefix: str) -> None:
-    env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "ADMIN_TOKEN": "adm"}
+    env = {
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": prefix,
+        "ADMIN_TOKEN": "adm-0123456789abcdef0123456789abcdef",
+    }
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

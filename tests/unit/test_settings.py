@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,13 @@ from typing import Any
 import pytest
 
 from core.errors import SettingsError
-from core.settings import Settings, ignored_variables, load_settings, redact_url
+from core.settings import (
+    Settings,
+    ignored_variables,
+    load_settings,
+    redact_url,
+    refuse_exposed_bind,
+)
 
 #: Every variable the settings read (field ``x_y`` ↔ variable ``X_Y``).
 VARIABLES = frozenset(name.upper() for name in Settings.__struct_fields__)
@@ -296,11 +303,10 @@ def test_an_invalid_value_names_the_file_it_came_from(tmp_path: Path) -> None:
 
 def test_the_env_example_lists_every_setting_with_its_default() -> None:
     example = Path(__file__).resolve().parents[2] / ".env.example"
-    listed = {
-        line.split("=", 1)[0]
-        for line in example.read_text().splitlines()
-        if line and not line.startswith("#")
-    }
+    lines = example.read_text().splitlines()
+    listed = {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
+    # The tokens are listed commented out: an empty token is refused (it would turn auth off).
+    listed |= {line[1:-1] for line in lines if line in ("#ADMIN_TOKEN=", "#CHECK_TOKEN=")}
     assert listed == VARIABLES
     assert load_settings({}, env_file=example) == load()
     assert ignored_variables({}, env_file=example) == []
@@ -321,3 +327,62 @@ def test_variables_meant_for_throttler_that_it_ignores_are_named() -> None:
         "THROTTLER_REDIS_URL (not a setting: settings have no THROTTLER_ prefix; "
         "did you mean REDIS_URL?)",
     ]
+
+
+TOKEN = "t" * 32
+
+
+@pytest.mark.parametrize("variable", ["ADMIN_TOKEN", "CHECK_TOKEN"])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("", "set but empty"),
+        ("x", "at least 32 characters (got 1)"),
+        ("t" * 31, "at least 32 characters (got 31)"),
+        ("with space" * 4, "printable ASCII without spaces"),
+        ("tab\t" * 8, "printable ASCII without spaces"),
+    ],
+)
+def test_an_empty_short_or_unsendable_token_is_refused(
+    variable: str, value: str, rule: str
+) -> None:
+    with pytest.raises(SettingsError, match=rf"^{variable} .*{re.escape(rule)}") as caught:
+        load(**{variable: value})
+    if len(value) > 1:
+        assert value not in str(caught.value)  # a rejected token is still a secret
+
+
+@pytest.mark.parametrize("variable", ["ADMIN_TOKEN", "CHECK_TOKEN"])
+def test_allow_insecure_accepts_a_short_token_and_an_empty_one_means_none(variable: str) -> None:
+    attribute = variable.lower()
+    assert getattr(load(**{variable: "x", "ALLOW_INSECURE": "true"}), attribute) == "x"
+    assert getattr(load(**{variable: "", "ALLOW_INSECURE": "true"}), attribute) is None
+    assert getattr(load(**{variable: TOKEN}), attribute) == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("bind", "admin_token", "insecure", "refused"),
+    [
+        ("0.0.0.0:8080", None, False, True),
+        ("[::]:8080", None, False, True),
+        ("api.internal:8080", None, False, True),
+        ("0.0.0.0:8080", TOKEN, False, False),
+        ("0.0.0.0:8080", None, True, False),
+        ("127.0.0.1:8080", None, False, False),
+        ("127.0.0.2:8080", None, False, False),
+        ("[::1]:8080", None, False, False),
+        ("localhost:8080", None, False, False),
+    ],
+)
+def test_a_non_loopback_bind_needs_an_admin_token(
+    bind: str, admin_token: str | None, insecure: bool, refused: bool
+) -> None:
+    env = {"BIND_ADDRESS": bind, "ALLOW_INSECURE": str(insecure).lower()}
+    if admin_token:
+        env["ADMIN_TOKEN"] = admin_token
+    settings = load(**env)
+    if refused:
+        with pytest.raises(SettingsError, match="not a loopback address and ADMIN_TOKEN"):
+            refuse_exposed_bind(settings)
+    else:
+        refuse_exposed_bind(settings)

@@ -126,7 +126,11 @@ async def test_reset_clears_usage_and_keeps_the_limit(
 async def test_check_and_admin_tokens(
     flavour: str, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    env = service_env(redis_url, CHECK_TOKEN="check-secret", ADMIN_TOKEN="admin-secret")
+    env = service_env(
+        redis_url,
+        CHECK_TOKEN="check-secret-0123456789abcdef0123456789",
+        ADMIN_TOKEN="admin-secret-0123456789abcdef0123456789",
+    )
     key = f"{prefix}:tokens"
     with own_service(env, tmp_path) as service:
         async with either_client(flavour, service.base_url, timeout=10) as anonymous:
@@ -134,14 +138,18 @@ async def test_check_and_admin_tokens(
                 await anonymous.check(key)
             assert (refused.value.status, refused.value.code) == (401, "unauthorized")
         async with either_client(
-            flavour, service.base_url, token="check-secret", timeout=10
+            flavour, service.base_url, token="check-secret-0123456789abcdef0123456789", timeout=10
         ) as checker:
             decision: Decision = await checker.check(key)
             assert decision.allowed
             with pytest.raises(UnauthorizedError):  # the check token opens no admin route
                 await checker.set_limit(key, Limit(1, DAY_MS))
         async with either_client(
-            flavour, service.base_url, token="check-secret", admin_token="admin-secret", timeout=10
+            flavour,
+            service.base_url,
+            token="check-secret-0123456789abcdef0123456789",
+            admin_token="admin-secret-0123456789abcdef0123456789",
+            timeout=10,
         ) as both:
             assert (await both.set_limit(key, Limit(1, DAY_MS))).status == "created"
             assert (await both.check(key)).remaining == 0
