@@ -156,7 +156,8 @@ class Limiter:
         """Spend ``tokens`` from every limit of ``key`` (or peek with 0).
 
         ``inline`` is stored as the key's own limit when it has none and no policy covers
-        it (with a TTL: see INLINE_LIMIT_TTL_MS); else it is ignored. ``now_us`` overrides the server clock; only tests pass it.
+        it (with a TTL: see INLINE_LIMIT_TTL_MS); else it is ignored. ``now_us`` overrides
+        the server clock; only tests pass it.
         """
         keys, args, given = self._call(key, tokens, inline, now_us, None)
         return self.result(await self._gateway.run(CHECK, keys, args), tokens, given)
