@@ -19,6 +19,7 @@ from api.admin import ADMIN_ROUTES
 from api.batch import BATCH_ROUTES
 from api.checks import LeanChecks
 from api.drain import Drain
+from api.edge import EdgeGuard
 from api.errors import EXCEPTION_HANDLERS
 from api.notifications import NOTIFICATION_ROUTES
 from api.observability import ObservedApp, metrics_route, name_server_span, span_details
@@ -119,12 +120,16 @@ def create_app(
     telemetry: Telemetry | None = None,
     metrics: Metrics | None = None,
     drain: Drain | None = None,
+    *,
+    check_host: bool = False,
 ) -> Litestar:
     """The API. ``hooks`` run beside it for its lifetime (the CLI adds the worker).
 
     ``telemetry`` (default: nothing exported) and ``metrics`` (default: a registry of its
     own) are passed in so that tests can read what the app reports; ``drain`` is the
-    server's shutdown state (``throttler.server``; default: one that never begins).
+    server's shutdown state (``throttler.server``; default: one that never begins);
+    ``check_host``: refuse a ``Host`` outside ALLOWED_HOSTS (the served app does; the
+    in-process test client's ``testserver.local`` would not pass).
     """
     telemetry = telemetry or Telemetry()
     metrics = metrics or Metrics()
@@ -199,5 +204,10 @@ def create_app(
     cors = _cors(settings)
     # CORS goes around the lean check layer too (Litestar's own cors_config would sit inside
     # it, and check answers would miss their CORS headers).
-    app.asgi_handler = lean if cors is None else CORSMiddleware(app=lean, config=cors)
+    inner = lean if cors is None else CORSMiddleware(app=lean, config=cors)
+    app.asgi_handler = EdgeGuard(
+        inner,
+        hosts=settings.host_allowlist if check_host else None,
+        origins=frozenset(o.lower() for o in settings.cors_origin_list),
+    )
     return app

@@ -36,6 +36,7 @@ __all__ = [
 #: The shortest ADMIN_TOKEN / CHECK_TOKEN accepted (``openssl rand -hex 32`` gives 64).
 MIN_TOKEN_CHARS = 32
 _TOKENS = ("admin_token", "check_token")
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: a header value
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
@@ -71,6 +72,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allow_insecure: bool = False
     #: Web origins allowed to call the API from a browser (comma-separated; empty: none).
     cors_origins: str = ""
+    #: Host names the server answers for (comma-separated; "*": any). Empty: the loopback
+    #: names when BIND_ADDRESS is loopback (against DNS rebinding), else any.
+    allowed_hosts: str = ""
     #: How often an idle notification stream (SSE) gets a keep-alive comment.
     sse_keepalive_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 15_000
     # A check may carry a limit for a key that has none (stored, with a TTL), when allowed.
@@ -103,6 +107,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def host_allowlist(self) -> frozenset[str] | None:
+        """The Host names answered for; None: any (see ``allowed_hosts``)."""
+        names = [h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",")]
+        names = [h for h in names if h]
+        if "*" in names:
+            return None
+        if names:
+            return frozenset(names)
+        if is_loopback(self.host):
+            return _LOOPBACK_NAMES | {self.host.lower()}
+        return None
 
     @property
     def host(self) -> str:

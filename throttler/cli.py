@@ -64,6 +64,8 @@ environment (a .env file in the working directory is read too; README.md lists a
   ALLOW_INSECURE       true: accept short tokens and a non-loopback bind without
                        ADMIN_TOKEN (experiments only; default false)
   CORS_ORIGINS         web origins allowed to call the API from a browser (comma-separated)
+  ALLOWED_HOSTS        Host names answered for (comma-separated, * any); default: the
+                       loopback names on a loopback bind, else any
   INLINE_LIMITS        true: a check may create a limit for a key that has none (false)
   INLINE_LIMIT_TTL_MS  an inline limit expires this long after its last spend (86400000)
   ACCESS_LOG_CHECKS    true: an access-log line for every check too (default false)
@@ -113,13 +115,15 @@ def build_app(
     worker: bool = True,
     telemetry: Telemetry | None = None,
     drain: Drain | None = None,
+    check_host: bool = False,
 ) -> Litestar:
-    """The API wired with what runs beside it in one process (the in-process worker)."""
+    """The API wired with what runs beside it in one process (the in-process worker);
+    ``check_host`` as in :func:`api.app.create_app` (servers pass True)."""
     from api.app import create_app  # noqa: PLC0415 - keep `throttler --help` fast
     from throttler.worker_cmd import in_process_worker  # noqa: PLC0415
 
     hooks = (in_process_worker,) if worker else ()
-    return create_app(settings, hooks, telemetry, drain=drain)
+    return create_app(settings, hooks, telemetry, drain=drain, check_host=check_host)
 
 
 def app_factory(drain: Drain | None = None) -> Litestar:
@@ -134,7 +138,7 @@ def app_factory(drain: Drain | None = None) -> Litestar:
     configure_logging(settings.log_level, settings.log_format)
     worker = os.environ.get(_SERVE_WORKER, "1") == "1"
     telemetry = telemetry_from_env("throttler")
-    return build_app(settings, worker=worker, telemetry=telemetry, drain=drain)
+    return build_app(settings, worker=worker, telemetry=telemetry, drain=drain, check_host=True)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
+JSON = {"Content-Type": "application/json"}
 ADMIN = f"adm-{uuid.uuid4().hex}"
 CHECKER = f"chk-{uuid.uuid4().hex}"
 #: Routes anyone may call: probes, metrics (keep them internal) and the API description.
@@ -294,7 +295,10 @@ def test_tokens_never_reach_the_logs(tokened_service: ServiceProcess) -> None:
         assert http.get("/rate-limit/logged", headers=bearer(wrong)).status_code == 401
         assert http.get("/dead-letters", headers=admin).status_code == 200
         # an error path too: a bad body with a good token
-        assert http.post("/rate-limit/logged", content=b"{", headers=admin).status_code == 400
+        assert (
+            http.post("/rate-limit/logged", content=b"{", headers={**admin, **JSON}).status_code
+            == 400
+        )
         # the notification stream, with the admin token: subscribed, then closed
         with http.stream("GET", "/notifications", headers=admin) as stream:
             assert stream.status_code == 200

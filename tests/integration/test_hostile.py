@@ -6,9 +6,9 @@ The two exceptions are bytes the HTTP server itself refuses before the applicati
 request (a raw NUL or a non-ASCII byte in the request line): uvicorn answers those with its
 own plain-text 400, which is still a 4xx.
 
-A body is parsed as JSON whatever its Content-Type (so that ``curl -d '{"tokens": 2}'``,
-which says ``application/x-www-form-urlencoded``, works): a wrong Content-Type with a body
-that is not JSON is a 400; with a body that is JSON it is accepted.
+A body must say ``Content-Type: application/json``: any other type (or none) is a 415
+before the body is read, even when the bytes are JSON, so that a cross-site form or
+``text/plain`` POST from a web page is never parsed (api.edge).
 """
 
 from __future__ import annotations
@@ -130,10 +130,10 @@ CASES = [
     case("empty-limit", "POST", LIMIT, b"", status=400),
     case("truncated", "POST", LIMIT, b'{"requests": 1, "window_ms"', status=400),
     # --- wrong Content-Type (bodies that are not JSON)
-    case("form", "POST", CHECK, b"tokens=1", headers=typed(FORM), status=400),
-    case("multipart", "POST", LIMIT, MULTIPART, headers=typed(MULTI), status=400),
-    case("xml", "POST", LIMIT, b"<limit requests='1'/>", headers=typed(XML), status=400),
-    case("text", "POST", "/check", b"check everything", headers=typed(TEXT), status=400),
+    case("form", "POST", CHECK, b"tokens=1", headers=typed(FORM), status=415, error="unsupported_media_type"),
+    case("multipart", "POST", LIMIT, MULTIPART, headers=typed(MULTI), status=415, error="unsupported_media_type"),
+    case("xml", "POST", LIMIT, b"<limit requests='1'/>", headers=typed(XML), status=415, error="unsupported_media_type"),
+    case("text", "POST", "/check", b"check everything", headers=typed(TEXT), status=415, error="unsupported_media_type"),
     # --- methods and routes that do not exist
     case("method", "PUT", LIMIT, b"{}", status=405, error="method_not_allowed"),
     case("no-route", "GET", "/rate-limit/k/x", None, status=404, error="not_found"),
@@ -231,11 +231,13 @@ def test_chunked_body_too_large_is_refused(service: ServiceProcess) -> None:
     assert resp.status_code == 413
 
 
-def test_json_under_a_wrong_content_type_is_still_json(http: httpx.Client) -> None:
-    """Deliberately lenient: `curl -d` sends application/x-www-form-urlencoded."""
-    for content_type in ("application/x-www-form-urlencoded", "text/plain"):
-        resp = http.post(CHECK, content=b'{"tokens": 0}', headers={"Content-Type": content_type})
-        assert resp.status_code == 200, resp.text
+def test_json_under_a_wrong_content_type_is_refused(http: httpx.Client) -> None:
+    """A cross-site page can send these without a preflight: they are never parsed."""
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        resp = http.post(CHECK, content=b'{"tokens": 0}', headers=headers)
+        assert resp.status_code == 415, resp.text
+        assert resp.json()["error"] == "unsupported_media_type"
 
 
 def raw_request(service: ServiceProcess, request: bytes) -> bytes:
