@@ -1,7 +1,8 @@
 """One rule for request bodies (docs/api.md, "Request bodies"), on the routes that take one
 here: empty or whitespace-only is no body; otherwise exactly one JSON value of the
-documented shape (sent as application/json); in an object, the last of duplicate keys wins; a whole number written
-with a zero fraction is that integer (JSON Schema's `integer`)."""
+documented shape (sent as application/json); in an object, the last of duplicate keys
+wins; a whole number written with a zero fraction is that integer (JSON Schema's
+`integer`)."""
 
 from __future__ import annotations
 
