@@ -72,7 +72,7 @@ class EdgeGuard:
         self._origins = origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
+        kind: str = scope["type"]
         if kind == "http":
             host = content_type = None
             body = False

@@ -65,6 +65,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     apply_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 2000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
     shutdown_drain_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5000
+    # The HTTP edge (throttler/http_protocol.py): what one connection may hold.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 16 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
+    http_header_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 10_000
+    http_body_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 30_000
+    http_keepalive_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     admin_token: str | None = None
     check_token: str | None = None
     #: true: start with auth that is unsafe on a network (an empty or short token, a

@@ -70,6 +70,12 @@ environment (a .env file in the working directory is read too; README.md lists a
   INLINE_LIMIT_TTL_MS  an inline limit expires this long after its last spend (86400000)
   ACCESS_LOG_CHECKS    true: an access-log line for every check too (default false)
   MAX_BODY_BYTES       larger request bodies get 413 (default 1048576)
+  MAX_HEADER_BYTES     request line + headers; more gets 431 (default 16384)
+  MAX_HEADERS          header lines per request; more gets 431 (default 100)
+  HTTP_HEADER_TIMEOUT_MS  a request head must arrive within this (408; default 10000)
+  HTTP_BODY_TIMEOUT_MS    a request body must arrive within this (default 30000)
+  HTTP_KEEPALIVE_MS    idle keep-alive connections close after this (default 5000)
+  MAX_CONNECTIONS      open connections and requests per process; beyond: 503 (4096)
   LOG_LEVEL            debug, info, warning, error, critical (default info)
   LOG_FORMAT           json or console (default json)
   APPLY_WAIT_MS        how long a config change waits to be applied (default 2000)
@@ -156,9 +162,11 @@ def run_server(options: ServerOptions, sockets: list[socket.socket] | None = Non
     import uvicorn  # noqa: PLC0415
 
     from api.drain import Drain  # noqa: PLC0415
+    from throttler.http_protocol import EdgeLimits, guarded_protocol  # noqa: PLC0415
     from throttler.server import DrainingServer  # noqa: PLC0415
 
     drain = Drain()
+    settings = load_settings()
     config = uvicorn.Config(
         app_factory(drain),
         host=options.host,
@@ -167,6 +175,9 @@ def run_server(options: ServerOptions, sockets: list[socket.socket] | None = Non
         access_log=False,
         timeout_graceful_shutdown=math.ceil(options.grace_s),
         server_header=False,
+        http=guarded_protocol(EdgeLimits.of(settings)),
+        timeout_keep_alive=settings.http_keepalive_ms / 1000,  # type: ignore[arg-type]
+        limit_concurrency=settings.max_connections,
     )
     DrainingServer(config, drain, options.drain_s).run(sockets)
 
