@@ -28,6 +28,7 @@ from api.policies import POLICY_ROUTES
 from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
+from api.throttle import AddressThrottle
 from api.tickets import redact_ticket_in_span
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
@@ -65,11 +66,12 @@ def build_services(
     hub.on_policy_change(policies.changed)
     drain = drain or Drain()
     drain.on_begin(hub.end_listeners)  # open notification streams end when the drain begins
+    limiter = Limiter(gateway, keys, table, inline_ttl_ms=settings.inline_limit_ttl_ms)
     return Services(
         settings=settings,
         keys=keys,
         gateway=gateway,
-        limiter=Limiter(gateway, keys, table, inline_ttl_ms=settings.inline_limit_ttl_ms),
+        limiter=limiter,
         config=ConfigStore(gateway, keys, settings.tombstone_ttl_ms),
         hub=hub,
         metrics=metrics,
@@ -82,6 +84,12 @@ def build_services(
             telemetry=telemetry,
         ),
         policies=policies,
+        auth_failures=AddressThrottle(
+            limiter, "auth-failures", settings.auth_failures, settings.auth_failure_window_ms
+        ),
+        mutation_limit=AddressThrottle(
+            limiter, "mutations", settings.mutations, settings.mutation_window_ms
+        ),
         telemetry=telemetry,
         drain=drain,
     )

@@ -24,9 +24,10 @@ from litestar.enums import ScopeType
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from api.auth import bearer_refusal
+from api.auth import WRONG_TOKEN, bearer_refusal, throttled_message
 from api.headers import Header, rate_limit_headers
 from api.strict import decode_whole_numbers, validation_problem
+from api.throttle import client_address
 from core.errors import LimitValidationError, RedisUnavailableError
 from core.keys import validate_key
 from schemas.http import (
@@ -161,11 +162,9 @@ class LeanChecks:
     ) -> tuple[int, bytes, list[Header]]:
         services = self.services
         assert services is not None
-        refusal = bearer_refusal(_header(scope, b"authorization"), self._settings.check_token)
-        if refusal is not None:
-            message, challenge = refusal
-            challenge_header = (b"www-authenticate", challenge.encode())
-            raise _AnswerError(401, "unauthorized", message, [challenge_header])
+        token = self._settings.check_token
+        if token is not None:
+            await self._authenticate(services, scope, token)
         if route == SINGLE:
             try:
                 validate_key(key)
@@ -175,6 +174,26 @@ class LeanChecks:
         if route == SINGLE:
             return await self._single(services, key, body)
         return await self._batch(services, body)
+
+    async def _authenticate(self, services: Services, scope: Scope, token: str) -> None:
+        """CHECK_TOKEN; a wrong one counts against the client's address (api.throttle)."""
+        throttle = services.auth_failures
+        address = client_address(scope)
+        wait = throttle.locked(address)
+        if wait is None:
+            refusal = bearer_refusal(_header(scope, b"authorization"), token)
+            if refusal is None:
+                return
+            message, challenge = refusal
+            if message == WRONG_TOKEN:
+                wait = await throttle.spend(address)
+            if wait is None:
+                challenge_header = (b"www-authenticate", challenge.encode())
+                raise _AnswerError(401, "unauthorized", message, [challenge_header])
+        retry = str(max(1, -(-wait // 1000))).encode()
+        raise _AnswerError(
+            429, "too_many_auth_failures", throttled_message(wait), [(b"retry-after", retry)]
+        )
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         length = _header(scope, b"content-length")

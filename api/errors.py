@@ -26,6 +26,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from api.throttle import Throttled
 from core.errors import (
     InvalidKeyError,
     LimitValidationError,
@@ -113,6 +114,10 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
     return error_response(status, code, str(exc.detail), exc.headers)
 
 
+def _throttled(_: Request[Any, Any, Any], exc: Throttled) -> Response[ErrorResponse]:
+    return error_response(exc.status_code, exc.code, str(exc.detail), exc.headers)
+
+
 def _invalid_key(_: Request[Any, Any, Any], exc: InvalidKeyError) -> Response[ErrorResponse]:
     return error_response(HTTP_400_BAD_REQUEST, "invalid_key", str(exc))
 
@@ -161,6 +166,7 @@ def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorRespon
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: _validation,
     HTTPException: _http,
+    Throttled: _throttled,
     InvalidKeyError: _invalid_key,
     LimitValidationError: _limit,
     NotFoundError: _not_found,

@@ -10,6 +10,7 @@ from core.metrics import Metrics
 from core.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from api.throttle import AddressThrottle
     from core.config_store import ConfigStore
     from core.gateway import Gateway
     from core.keys import KeySpace
@@ -32,6 +33,8 @@ class Services:
     hub: NotificationHub
     mutations: Mutations
     policies: PolicySync
+    auth_failures: AddressThrottle
+    mutation_limit: AddressThrottle
     metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
     drain: Drain = field(default_factory=Drain)

@@ -308,6 +308,16 @@ class Limiter:
                 by_key[key] = exc
         return [by_key[key] for key, _ in items]
 
+    async def spend_under(self, key: str, limits: Resolved, tokens: int = 1) -> CheckResult:
+        """Spend from ``key`` under ``limits`` (one script call), for the service's own
+        limits (failed auth, mutations): ``key`` must be one no caller can name (e.g. with a
+        ``/``, which key validation refuses), so that it never has limits of its own."""
+        keys = self._keys.script_keys(key)
+        reply = await self._gateway.run(
+            CHECK, keys, ["", "d", self._inline_ttl, tokens, *limits.args]
+        )
+        return self.result(reply, tokens, limits)
+
     async def status(self, key: str, *, now_us: int | None = None) -> CheckResult:
         """The limits ``key`` is checked under, where they come from, and the live usage of
         each (``usage``); spends and creates nothing."""

@@ -74,6 +74,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     admin_token: str | None = None
     check_token: str | None = None
+    #: Failed authentications allowed per client address per window (then 429).
+    auth_failures: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
+    auth_failure_window_ms: Millis = 60_000
+    #: Config changes through the API allowed per client address per window (then 429).
+    mutations: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] = 600
+    mutation_window_ms: Millis = 60_000
     #: true: start with auth that is unsafe on a network (an empty or short token, a
     #: non-loopback bind without ADMIN_TOKEN). For experiments on a trusted machine only.
     allow_insecure: bool = False

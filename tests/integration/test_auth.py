@@ -95,6 +95,8 @@ def guarded_routes(app: Litestar) -> list[Route]:
 def make_settings(redis_url: str, prefix: str, **tokens: str) -> Settings:
     env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "APPLY_WAIT_MS": "5000"}
     env["WORKER_BLOCK_MS"] = "100"  # the in-process worker stops sooner
+    # Every route with every wrong token: the lockout (test_throttle.py) must not interfere.
+    env["AUTH_FAILURES"] = "1000000"
     env.update({name.upper(): value for name, value in tokens.items()})
     return load_settings(env, env_file=None)
 

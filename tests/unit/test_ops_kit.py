@@ -72,8 +72,9 @@ def service(name: str) -> dict[str, Any]:
 
 def interpolate(value: object) -> str:
     """A compose value as compose would pass it, ``${VAR:-default}`` taking its default and
-    a required ``${VAR:?message}`` a value of the test's own."""
-    value = re.sub(r"\$\{(\w+):\?[^}]*\}", r"<\1 from the environment>", str(value))
+    a required ``${VAR:?message}`` a value of the test's own (token-shaped: 32+ characters,
+    no spaces, as the settings require of a token)."""
+    value = re.sub(r"\$\{(\w+):\?[^}]*\}", r"<\1-from-the-environment-0123456789>", str(value))
     return re.sub(r"\$\{(\w+):?-([^}]*)\}", r"\2", value)
 
 
@@ -596,7 +597,7 @@ def test_service_environment_is_what_the_code_reads() -> None:
         assert env["OTEL_SERVICE_NAME"] == f"throttler-{name}"
     # Required: compose refuses to start without it, rather than use a guessable default.
     assert service("api")["environment"]["ADMIN_TOKEN"] == "${ADMIN_TOKEN:?set ADMIN_TOKEN}"
-    assert environment("api")["ADMIN_TOKEN"] == "<ADMIN_TOKEN from the environment>"
+    assert environment("api")["ADMIN_TOKEN"] == "<ADMIN_TOKEN-from-the-environment-0123456789>"
     assert environment("worker")["WORKER_METRICS_HOST"] == "0.0.0.0"
 
 

@@ -1,0 +1,99 @@
+"""Throttler's own limits on its callers, per client address, decided by its own limiter.
+
+* Failed authentication (a wrong bearer token or notification ticket): ``AUTH_FAILURES``
+  per ``AUTH_FAILURE_WINDOW_MS`` per address. Beyond it every request of that address to a
+  guarded route answers 429 (``too_many_auth_failures``), the right token included, until
+  the bucket has refilled: a guesser cannot tell a right guess from a wrong one.
+* Config changes (POST, PUT and DELETE on admin routes): ``MUTATIONS`` per
+  ``MUTATION_WINDOW_MS`` per address; beyond it 429 (``too_many_changes``).
+
+Each is a token bucket in Redis under a key no caller can name (it holds a ``/``, which
+key validation refuses), so every API process shares it. A process that saw a denial
+remembers it in memory until the bucket's retry time: an address locked out costs no
+Redis call, and a request that authenticates costs one dictionary lookup at most. Redis
+being unavailable never lets a failed attempt through: it is refused (401) as always.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from litestar.exceptions import HTTPException
+
+from core.errors import RedisUnavailableError
+from core.policies import Resolved
+from schemas.limits import Limit
+
+if TYPE_CHECKING:
+    from core.limiter import Limiter
+
+__all__ = ["AddressThrottle", "Throttled", "client_address"]
+
+_REMEMBERED = 10_000  # locked addresses kept in memory (expired ones are dropped first)
+
+
+class Throttled(HTTPException):
+    """429 with its own error code and ``Retry-After`` (mapped in api.errors)."""
+
+    status_code = 429
+
+    def __init__(self, code: str, message: str, retry_after_ms: int) -> None:
+        seconds = str(max(1, math.ceil(retry_after_ms / 1000)))
+        super().__init__(detail=message, headers={"Retry-After": seconds})
+        self.code = code
+        self.retry_after_ms = retry_after_ms
+
+
+def client_address(scope: Any) -> str:
+    """The client's address as the server saw it (a trusted proxy's X-Forwarded-For is
+    applied by the server only for TRUSTED_PROXIES)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class AddressThrottle:
+    """One limit per client address, e.g. ``AddressThrottle(limiter, "auth-failures", …)``."""
+
+    __slots__ = ("_limiter", "_locked", "_name", "_resolved")
+
+    def __init__(self, limiter: Limiter, name: str, requests: int, window_ms: int) -> None:
+        self._limiter = limiter
+        self._name = name
+        self._resolved = Resolved.of(None, (Limit(requests=requests, window_ms=window_ms),))
+        self._locked: dict[str, float] = {}  # address -> time.monotonic() the lock ends
+
+    def locked(self, address: str) -> int | None:
+        """How long ``address`` stays locked out here (ms), or None. No I/O."""
+        if not self._locked:
+            return None
+        until = self._locked.get(address)
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._locked[address]
+            return None
+        return math.ceil(left * 1000)
+
+    async def spend(self, address: str) -> int | None:
+        """Spend one from ``address``'s bucket: the retry time (ms) when it is empty (and
+        the address is locked out here until then), else None (also when Redis cannot
+        answer: the caller's own outcome stands)."""
+        try:
+            result = await self._limiter.spend_under(
+                f"throttler/{self._name}/{address}", self._resolved
+            )
+        except RedisUnavailableError:
+            return None
+        if result.allowed:
+            return None
+        retry = max(1, result.retry_after_ms)
+        if len(self._locked) >= _REMEMBERED:
+            now = time.monotonic()
+            self._locked = {a: t for a, t in self._locked.items() if t > now}
+            if len(self._locked) >= _REMEMBERED:
+                self._locked.clear()
+        self._locked[address] = time.monotonic() + retry / 1000
+        return retry
