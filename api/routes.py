@@ -71,8 +71,12 @@ def error_specs(*statuses: int) -> dict[int, ResponseSpec]:
 
 
 def actor_of(request: Request[Any, Any, Any]) -> str:
+    """Who made a change, for the audit trail: the client's address (from X-Forwarded-For
+    only through TRUSTED_PROXIES) and the credential it used (the admin guard let it in)."""
     client = request.client
-    return f"http:{client.host}" if client else "http"
+    who = f"http:{client.host}" if client else "http"
+    services: Services = request.app.state.services
+    return f"{who} (admin token)" if services.settings.admin_token else f"{who} (no token)"
 
 
 def accepted(event_id: str) -> Response[AcceptedResponse | Any]:

@@ -74,6 +74,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     admin_token: str | None = None
     check_token: str | None = None
+    #: Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
+    #: addresses or CIDRs; "*": any). Empty: none, the peer's address is the client's.
+    trusted_proxies: str = ""
     #: Failed authentications allowed per client address per window (then 429).
     auth_failures: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
     auth_failure_window_ms: Millis = 60_000

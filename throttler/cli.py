@@ -64,6 +64,8 @@ environment (a .env file in the working directory is read too; README.md lists a
   ALLOW_INSECURE       true: accept short tokens and a non-loopback bind without
                        ADMIN_TOKEN (experiments only; default false)
   CORS_ORIGINS         web origins allowed to call the API from a browser (comma-separated)
+  TRUSTED_PROXIES      proxies whose X-Forwarded-For is believed (addresses or CIDRs,
+                       comma-separated; default none)
   ALLOWED_HOSTS        Host names answered for (comma-separated, * any); default: the
                        loopback names on a loopback bind, else any
   INLINE_LIMITS        true: a check may create a limit for a key that has none (false)
@@ -178,6 +180,9 @@ def run_server(options: ServerOptions, sockets: list[socket.socket] | None = Non
         http=guarded_protocol(EdgeLimits.of(settings)),
         timeout_keep_alive=settings.http_keepalive_ms / 1000,  # type: ignore[arg-type]
         limit_concurrency=settings.max_connections,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: only TRUSTED_PROXIES.
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
     DrainingServer(config, drain, options.drain_s).run(sockets)
 

@@ -114,7 +114,7 @@ async def test_round_trip_post_apply_get_audit_notify(
         # The config entry the API published: the event, its actor and its traceparent field.
         rows: Any = await redis.xrange(keys.config_stream, min=note.event_id, max=note.event_id)
         event = config_event_decoder.decode(rows[0][1][EVENT_FIELD.encode()])
-        assert (event.key, event.actor) == ("free:rt-1", "http:testclient")
+        assert (event.key, event.actor) == ("free:rt-1", "http:testclient (no token)")
         assert len(event.request_id) == 32
         assert note.request_id == event.request_id
 
@@ -125,7 +125,7 @@ async def test_round_trip_post_apply_get_audit_notify(
             (a.result, msgspec.to_builtins(a.before), msgspec.to_builtins(a.after)) for a in audits
         ] == [("created", None, LIMIT), ("replaced", LIMIT, limit_20), ("deleted", limit_20, None)]
         for audit in audits:
-            assert (audit.key, audit.actor) == ("free:rt-1", "http:testclient")
+            assert (audit.key, audit.actor) == ("free:rt-1", "http:testclient (no token)")
             assert audit.type == ("delete_limit" if audit.result == "deleted" else "set_limit")
             assert audit.applied_at_ms >= audit.submitted_at_ms > 0
             assert audit.worker
