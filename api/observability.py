@@ -47,6 +47,9 @@ class ObservedApp:
         self.quiet = frozenset({"/metrics", "/health", "/ready"})  # no access-log lines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.WEBSOCKET:
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
@@ -88,6 +91,33 @@ class ObservedApp:
                             "duration_ms": round(elapsed * 1000, 3),
                         },
                     )
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The WebSocket access line, in place of uvicorn's (which logs the query string,
+        ticket and all; core.logs drops it): the route and what became of the upgrade."""
+        outcome = "closed before accept"
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal outcome
+            if message["type"] == "websocket.accept" and outcome == "closed before accept":
+                outcome = "accepted"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = _template(scope)
+            _access.info(
+                "WebSocket %s %s",
+                route,
+                outcome,
+                extra={
+                    "event": "access",
+                    "route": route,
+                    "method": "WEBSOCKET",
+                    "outcome": outcome,
+                },
+            )
 
 
 def span_details(scope: Scope) -> tuple[str, dict[str, str]]:

@@ -65,8 +65,19 @@ def secrets(monkeypatch: pytest.MonkeyPatch) -> set[str]:
         ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
         ("rediss://user:p:w@host:6380/1 up", "rediss://user:***@host:6380/1 up"),
         ("at redis://127.0.0.1:6379/0 now", "at redis://127.0.0.1:6379/0 now"),
-        ("Authorization: Bearer abc.def-ghi", "Authorization: Bearer ***"),
-        ("authorization: bearer abc", "authorization: bearer ***"),
+        # Credential headers lose their whole value, whatever the scheme or form.
+        ("Authorization: Bearer abc.def-ghi", "Authorization: ***"),
+        ("authorization: bearer abc", "authorization: ***"),
+        ("Authorization: Basic dXNlcjpwYXNz", "Authorization: ***"),
+        ("authorization: not-even-a-scheme", "authorization: ***"),
+        ("Cookie: session=abc; theme=dark", "Cookie: ***"),
+        (
+            "[(b'authorization', b'Basic dXNl'), (b'host', b'h')]",
+            "[(b'authorization', b'***'), (b'host', b'h')]",
+        ),
+        ("{'cookie': 'session=abc', 'host': 'h'}", "{'cookie': '***', 'host': 'h'}"),
+        ("Proxy-Authorization: Digest x", "Proxy-Authorization: ***"),
+        ("no cookie, no token", "no cookie, no token"),
         ('{"h": "Bearer abc"}', '{"h": "Bearer ***"}'),
         ("nothing secret here", "nothing secret here"),
     ],
@@ -363,6 +374,22 @@ def _mentions(span: ExportedSpan, secret: str) -> bool:
     return secret in span.name or secret in json.dumps(
         [span.attributes, span.resource], default=str
     )
+
+
+def test_console_formatter_cannot_be_made_to_forge_a_line(secrets: set[str]) -> None:
+    """A key (or any text from a request) with a newline or an escape sequence stays on
+    its record's line; a traceback's lines are indented under it."""
+    forged = "k\n2026-01-01 00:00:00,000 ERROR   throttler: forged\r\x1b[2K"
+    line = ConsoleFormatter().format(_record("checked %s", forged))
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "k\\n2026-01-01" in line and "\\x1b[2K" in line
+    try:
+        raise ValueError("boom\nERROR fake")
+    except ValueError as exc:
+        text = ConsoleFormatter().format(_record("failed", exc=exc))
+    first, *rest = text.splitlines()
+    assert first.endswith("failed")
+    assert rest and all(r.startswith("    | ") for r in rest)
 
 
 def test_json_formatter_writes_one_line_per_record(secrets: set[str]) -> None:

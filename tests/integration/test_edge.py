@@ -6,6 +6,7 @@ closed before it is accepted."""
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -85,10 +86,10 @@ def test_loopback_names_are_answered(
     assert http.get("/health", headers={"Host": f"{host}:{service.port}"}).status_code == 200
 
 
-def upgrade(service: ServiceProcess, origin: str | None) -> bytes:
+def upgrade(service: ServiceProcess, origin: str | None, query: str = "") -> bytes:
     """A WebSocket handshake for /notifications/ws; the status line of the answer."""
     lines = [
-        "GET /notifications/ws HTTP/1.1",
+        f"GET /notifications/ws{query} HTTP/1.1",
         f"Host: 127.0.0.1:{service.port}",
         "Upgrade: websocket",
         "Connection: Upgrade",
@@ -133,3 +134,14 @@ def test_allowed_hosts_names_the_hosts(redis_url: str, prefix: str, tmp_path: Pa
             assert http.get("/health", headers={"Host": "localhost"}).status_code == 400
     finally:
         proc.stop()
+
+
+def test_the_websocket_access_line_has_no_query_string(service: ServiceProcess) -> None:
+    secret = uuid.uuid4().hex
+    assert b" 101 " in upgrade(service, None, f"?prefix=p-{secret}&ticket=t-{secret}")
+    deadline = time.monotonic() + 20
+    while "WebSocket /notifications/ws accepted" not in service.log():
+        assert time.monotonic() < deadline, service.log()
+        time.sleep(0.05)
+    assert secret not in service.log()
+    assert "[accepted]" not in service.log()  # uvicorn's own line is gone
