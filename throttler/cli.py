@@ -100,7 +100,24 @@ worker settings:
 )
 
 
+_REDIS_URL_HELP = (
+    "Redis to use (REDIS_URL), without a password: anyone on the machine can read a "
+    "command line (ps); give a URL with a password in REDIS_URL (environment or .env file)"
+)
+
+
+def _no_secret_in_argv(url: str | None) -> None:
+    """Refuse ``--redis-url`` with a password: the command line is visible in ``ps``."""
+    if url is not None and redact_url(url) != url:
+        raise SettingsError(
+            "--redis-url must not hold a password (the command line is visible to every "
+            "user of the machine in `ps`): set REDIS_URL in the environment or the .env "
+            "file instead"
+        )
+
+
 def _load(overrides: dict[str, str | None]) -> Settings:
+    _no_secret_in_argv(overrides.get("REDIS_URL"))
     for name, value in overrides.items():
         if value is not None:
             os.environ[name] = value
@@ -377,7 +394,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--bind", metavar="HOST:PORT", help="listen address (BIND_ADDRESS)")
-    serve.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    serve.add_argument("--redis-url", metavar="URL", help=_REDIS_URL_HELP)
     serve.add_argument(
         "--workers", type=int, default=1, metavar="N", help="server processes (default 1)"
     )
@@ -407,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--consumer", metavar="NAME", help="consumer name (default host-pid)")
     worker.add_argument("--check", action="store_true", help="probe the heartbeat and exit")
-    worker.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    worker.add_argument("--redis-url", metavar="URL", help=_REDIS_URL_HELP)
     worker.set_defaults(run=_worker)
 
     apply = sub.add_parser(
@@ -429,7 +446,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("--batch", type=int, default=1000, metavar="N", help="per round trip")
     apply.add_argument("--actor", default="cli:apply", help="recorded in the audit trail")
-    apply.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    apply.add_argument("--redis-url", metavar="URL", help=_REDIS_URL_HELP)
     apply.set_defaults(run=_apply)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of config stream events (docs/)")
@@ -441,14 +458,14 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="print the oldest dead letters as one JSON array, as GET /dead-letters"
     )
     dead_list.add_argument("--count", type=int, default=100, metavar="N")
-    dead_list.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    dead_list.add_argument("--redis-url", metavar="URL", help=_REDIS_URL_HELP)
     dead_list.set_defaults(run=_dead_list)
     dead_replay = dead_sub.add_parser(
         "replay", help="publish dead letters again as new config entries"
     )
     dead_replay.add_argument("ids", nargs="*", metavar="ID", help="dead-letter entry ids")
     dead_replay.add_argument("--all", action="store_true", help="replay every dead letter")
-    dead_replay.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    dead_replay.add_argument("--redis-url", metavar="URL", help=_REDIS_URL_HELP)
     dead_replay.set_defaults(run=_dead_replay)
     return parser
 

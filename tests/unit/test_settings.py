@@ -386,3 +386,35 @@ def test_a_non_loopback_bind_needs_an_admin_token(
             refuse_exposed_bind(settings)
     else:
         refuse_exposed_bind(settings)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker", "--check"], ["dead-letters", "list"]])
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cr3t-pw@127.0.0.1:1/0", "redis://127.0.0.1:1/0?password=s3cr3t-pw"]
+)
+def test_a_password_on_the_command_line_is_refused(
+    tmp_path: Path, command: list[str], url: str
+) -> None:
+    """`ps` shows every user the command line: a password goes in REDIS_URL instead."""
+    done = subprocess.run(
+        [sys.executable, "-m", "throttler", *command, "--redis-url", url],
+        env=_clean_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "--redis-url must not hold a password" in err
+    assert "s3cr3t-pw" not in err
+
+
+def test_the_help_says_where_a_password_goes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "throttler", "worker", "--help"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert "without a password" in " ".join(done.stdout.decode().split())
