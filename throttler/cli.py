@@ -225,6 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
     code = 0
     if settings.redis_url is None:
         embedded = EmbeddedRedis().start()
+        register_secret(embedded.password)
         os.environ["REDIS_URL"] = embedded.url
         _log.info(
             "REDIS_URL is not set: started an embedded %s at %s (nothing is kept on disk)",
