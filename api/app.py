@@ -57,7 +57,7 @@ def build_services(
     settings: Settings, telemetry: Telemetry, metrics: Metrics, drain: Drain | None = None
 ) -> Services:
     gateway = Gateway(settings, metrics, telemetry=telemetry)
-    keys = KeySpace(settings.key_prefix)
+    keys = KeySpace(*settings.keyspace_args)
     requests, window_ms = settings.default_limit_rate
     default = Limit(requests=requests, window_ms=window_ms, burst=settings.default_capacity)
     hub = NotificationHub(gateway, keys.notify_channel)

@@ -56,7 +56,7 @@ class KeySpace:
         "prefix",
     )
 
-    def __init__(self, prefix: str = "throttler") -> None:
+    def __init__(self, prefix: str = "throttler", db: int = 0) -> None:
         self.prefix = prefix
         self._limit_fmt = prefix + ":{%s}"
         self._log_fmt = prefix + ":{%s}:l"
@@ -71,7 +71,9 @@ class KeySpace:
         self.policy_gone = f"{{{prefix}}}:policy-gone"
         self.policy_version = f"{{{prefix}}}:policy-version"
         self.heartbeat_prefix = f"{prefix}:worker:"
-        self.notify_channel = f"{prefix}:limits"
+        # Pub/Sub channels are server-wide (they ignore the database number): a deployment
+        # on another database of the same server gets channels of its own.
+        self.notify_channel = f"{prefix}:limits" if db == 0 else f"{prefix}:db{db}:limits"
 
     def limit(self, key: str) -> str:
         """The hash of a key: its own limits and version, and the state of every limit it is

@@ -125,6 +125,24 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
+    def redis_db(self) -> int:
+        """The database number of REDIS_URL (its path, or ``?db=`` for unix://); 0 unset."""
+        if not self.redis_url:
+            return 0
+        parts = urlsplit(self.redis_url)
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        for pair in parts.query.split("&"):
+            name, _, value = pair.partition("=")
+            if name == "db":
+                db = value
+        return int(db) if db.isdigit() else 0
+
+    @property
+    def keyspace_args(self) -> tuple[str, int]:
+        """``KeySpace(*settings.keyspace_args)``: the prefix and the database number."""
+        return self.key_prefix, self.redis_db
+
+    @property
     def host_allowlist(self) -> frozenset[str] | None:
         """The Host names answered for; None: any (see ``allowed_hosts``)."""
         names = [h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",")]

@@ -73,7 +73,7 @@ async def apply_changes(
     submitted = now_ms()
     events: list[ConfigEvent] = [c.event(actor, submitted) for c in changes]
     gateway = Gateway(settings)
-    keys = KeySpace(settings.key_prefix)
+    keys = KeySpace(*settings.keyspace_args)
     ids: list[str] = []
     progress = _Progress(len(events), "published", sys.stderr)
     started = time.monotonic()

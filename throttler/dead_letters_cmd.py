@@ -24,7 +24,7 @@ async def list_dead_letters(settings: Settings, count: int) -> int:
     first (``[]`` when there are none), each ``{"id", "letter"}``."""
     gateway = Gateway(settings)
     try:
-        letters = await list_letters(gateway, KeySpace(settings.key_prefix), count)
+        letters = await list_letters(gateway, KeySpace(*settings.keyspace_args), count)
     finally:
         await gateway.aclose()
     print(_encoder.encode(letters).decode())
@@ -37,7 +37,7 @@ async def replay_dead_letters(settings: Settings, ids: list[str], replay_all: bo
     try:
         done, missing = await replay_letters(
             gateway,
-            KeySpace(settings.key_prefix),
+            KeySpace(*settings.keyspace_args),
             None if replay_all else ids,
             settings.stream_maxlen,
         )

@@ -53,7 +53,7 @@ async def run_worker(settings: Settings, consumer: str, telemetry: Telemetry) ->
             settings.worker_metrics_port,
         )
     worker = Worker(
-        gateway, KeySpace(settings.key_prefix), settings, consumer, telemetry, metrics=metrics
+        gateway, KeySpace(*settings.keyspace_args), settings, consumer, telemetry, metrics=metrics
     )
     async with anyio.create_task_group() as tg:
 
@@ -78,7 +78,7 @@ async def check_worker(settings: Settings, consumer: str | None) -> int:
     """0 when the worker's heartbeat is alive (or any on this host), else 1."""
     gateway = Gateway(settings)
     try:
-        alive = await is_alive(gateway, KeySpace(settings.key_prefix), APPLIERS, consumer)
+        alive = await is_alive(gateway, KeySpace(*settings.keyspace_args), APPLIERS, consumer)
     except RedisUnavailableError as exc:
         print(f"redis unavailable: {exc}")
         return 1

@@ -22,7 +22,7 @@ __all__ = ["running_worker"]
 @asynccontextmanager
 async def running_worker(settings: Settings, consumer: str = "test") -> AsyncIterator[Worker]:
     gateway = Gateway(settings)
-    worker = Worker(gateway, KeySpace(settings.key_prefix), settings, consumer)
+    worker = Worker(gateway, KeySpace(*settings.keyspace_args), settings, consumer)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
