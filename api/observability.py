@@ -13,7 +13,6 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
-from litestar.enums import ScopeType
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -47,10 +46,11 @@ class ObservedApp:
         self.quiet = frozenset({"/metrics", "/health", "/ready"})  # no access-log lines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.WEBSOCKET:
+        kind: str = scope["type"]
+        if kind == "websocket":
             await self._websocket(scope, receive, send)
             return
-        if scope["type"] != ScopeType.HTTP:
+        if kind != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

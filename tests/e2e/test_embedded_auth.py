@@ -20,6 +20,7 @@ def test_the_embedded_redis_needs_its_password(tmp_path: Path) -> None:
         parts = urlsplit(url)
         assert parts.password
         assert len(parts.password) >= 32
+        assert parts.port is not None
         anonymous = redis.Redis(host="127.0.0.1", port=parts.port)
         with pytest.raises(redis.AuthenticationError):
             anonymous.xadd("throttler:config", {"event": "{}"})

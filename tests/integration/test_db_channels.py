@@ -34,16 +34,9 @@ async def test_a_change_on_database_0_never_reaches_database_1(
     redis_url: str, prefix: str, redis: Redis
 ) -> None:
     assert redis_url.endswith("/0")
+    common = {"KEY_PREFIX": prefix, "APPLY_WAIT_MS": "5000", "WORKER_BLOCK_MS": "100"}
     settings = {
-        db: load_settings(
-            {
-                "REDIS_URL": f"{redis_url[:-1]}{db}",
-                "KEY_PREFIX": prefix,
-                "APPLY_WAIT_MS": "5000",
-                "WORKER_BLOCK_MS": "100",
-            },
-            env_file=None,
-        )  # fmt: skip
+        db: load_settings({**common, "REDIS_URL": f"{redis_url[:-1]}{db}"}, env_file=None)
         for db in (0, 1)
     }
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
