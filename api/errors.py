@@ -32,6 +32,7 @@ from core.errors import (
     LimitValidationError,
     NotFoundError,
     RedisUnavailableError,
+    StreamExhaustedError,
 )
 from core.keys import validate_key
 from schemas.http import ErrorResponse
@@ -140,6 +141,16 @@ def _unavailable(_: Request[Any, Any, Any], exc: RedisUnavailableError) -> Respo
     )
 
 
+def _exhausted(_: Request[Any, Any, Any], exc: StreamExhaustedError) -> Response[ErrorResponse]:
+    _log.error("the config stream takes no new entries: %s (see docs/operations.md)", exc)
+    return error_response(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "config_stream_exhausted",
+        "the config stream takes no new entries: its last entry id is the largest possible. "
+        "An operator must reset it (docs/operations.md, 'Config stream exhausted')",
+    )
+
+
 def _too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorResponse]:
     # The one source of a RecursionError in a request is the JSON decoder meeting a body
     # nested thousands of levels deep (``[[[[...``): client input, so a 400, not a 500.
@@ -171,6 +182,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     LimitValidationError: _limit,
     NotFoundError: _not_found,
     RedisUnavailableError: _unavailable,
+    StreamExhaustedError: _exhausted,
     RecursionError: _too_deep,
     UnicodeDecodeError: _not_utf8,
     Exception: _internal,

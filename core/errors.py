@@ -9,6 +9,7 @@ __all__ = [
     "NotFoundError",
     "RedisUnavailableError",
     "SettingsError",
+    "StreamExhaustedError",
     "ThrottlerError",
 ]
 
@@ -39,3 +40,8 @@ class NotFoundError(ThrottlerError):
 
 class RedisUnavailableError(ThrottlerError):
     """Redis could not answer in time (down, timing out, or the circuit is open)."""
+
+
+class StreamExhaustedError(ThrottlerError):
+    """A stream can take no new entry: its last entry id is the largest possible (someone
+    added ``18446744073709551615-18446744073709551615``). Recovery: docs/operations.md."""

@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from core.breaker import CircuitBreaker
-from core.errors import RedisUnavailableError
+from core.errors import RedisUnavailableError, StreamExhaustedError
 from core.lanes import Batch, BatchCall, Call, Lane, ReplyError
 from core.settings import redact_url
 
@@ -76,6 +76,10 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     MasterDownError,
     OSError,
 )
+
+
+#: Redis's error for an XADD to a stream whose last id is the largest possible.
+_EXHAUSTED = "exhausted the last possible ID"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -194,6 +198,9 @@ class Gateway:
             if is_unavailable(exc):
                 self._count_error(what)
                 raise _unavailable(what, exc) from exc
+            if isinstance(exc, ResponseError) and _EXHAUSTED in str(exc):
+                self._count_error(what)
+                raise StreamExhaustedError(f"{what}: {exc}") from exc
             raise
         finally:
             if self._metrics is not None:

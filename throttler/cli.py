@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from core.errors import RedisUnavailableError, SettingsError
+from core.errors import RedisUnavailableError, SettingsError, StreamExhaustedError
 from core.logs import configure_logging, redact, register_secret
 from core.settings import (
     Settings,
@@ -488,6 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"throttler: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StreamExhaustedError as exc:
+        print(
+            f"throttler: {exc}: the config stream takes no new entries; see "
+            "docs/operations.md, 'Config stream exhausted'",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
