@@ -201,6 +201,9 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     deliveries: int
     dead_at_ms: int
     worker: str
+    #: True when the entry was larger than a dead letter keeps (16 fields of 4 KiB): the
+    #: fields are cut, and replaying it would publish the cut entry.
+    truncated: bool = False
 
 
 class DeadLetterEntry(msgspec.Struct):

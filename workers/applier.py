@@ -70,6 +70,24 @@ def _fields(fields: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
 
 
+#: What a dead letter keeps of its entry: anyone with Redis write access can add an entry
+#: of any size, and a dead letter must not copy it whole (nor GET /dead-letters serve it).
+DEAD_FIELDS = 16  # fields kept
+DEAD_FIELD_BYTES = 4096  # bytes kept of each field's name + value
+DEAD_REASON_CHARS = 1000
+
+
+def _kept_fields(fields: dict[bytes, bytes]) -> tuple[dict[str, str], bool]:
+    """The entry's fields as a dead letter keeps them, and whether anything was cut."""
+    kept: dict[str, str] = {}
+    cut = len(fields) > DEAD_FIELDS
+    for name, value in list(fields.items())[:DEAD_FIELDS]:
+        short_name, short_value = name[:256], value[: max(0, DEAD_FIELD_BYTES - len(name[:256]))]
+        cut = cut or (short_name, short_value) != (name, value)
+        kept.update(_fields({short_name: short_value}))
+    return kept, cut
+
+
 def _tag(event: ConfigEvent) -> str:
     return str(type(event).__struct_config__.tag)
 
@@ -340,10 +358,12 @@ class Applier:
 
     def _dead(self, entry_id: str, fields: dict[bytes, bytes], reason: str, count: int) -> _Done:
         _log.warning("dead-lettering config entry %s: %s", entry_id, reason)
+        kept, truncated = _kept_fields(fields)
         letter = DeadLetter(
             config_id=entry_id,
-            reason=reason,
-            fields=_fields(fields),
+            reason=reason[:DEAD_REASON_CHARS],
+            fields=kept,
+            truncated=truncated,
             deliveries=count,
             dead_at_ms=now_ms(),
             worker=self.consumer,

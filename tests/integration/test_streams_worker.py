@@ -349,3 +349,23 @@ async def test_a_worker_resumes_at_full_speed_after_redis_restarts(prefix: str) 
             await door.aclose()
     finally:
         server.close()
+
+
+async def test_a_huge_entry_becomes_a_small_dead_letter(
+    redis_url: str, prefix: str, redis: Redis
+) -> None:
+    """Anyone with Redis write access can add an 8 MB entry: its dead letter keeps at most
+    16 fields of 4 KiB and says it was cut; GET /dead-letters stays small."""
+    settings = _settings(redis_url, prefix)
+    keys = KeySpace(prefix)
+    huge = {EVENT_FIELD: "x" * 8_000_000, **{f"f{i}": "y" * 10 for i in range(40)}}
+    await redis.xadd(keys.config_stream, huge)  # type: ignore[arg-type]
+    async with running(settings, "w1"):
+        letters = await until(lambda: dead_letters(redis, keys), seconds=15)
+    (letter,) = letters
+    assert letter.truncated
+    assert len(letter.fields) == 16
+    assert sum(len(k) + len(v) for k, v in letter.fields.items()) <= 16 * 4096
+    assert len(letter.reason) <= 1000
+    stored: Any = await redis.xrange(keys.dead_stream)
+    assert len(stored[0][1][EVENT_FIELD.encode()]) < 100_000
