@@ -28,7 +28,7 @@ from api.policies import POLICY_ROUTES
 from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
-from api.throttle import AddressThrottle
+from api.throttle import AddressThrottle, ListenerSlots
 from api.tickets import redact_ticket_in_span
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
@@ -90,6 +90,7 @@ def build_services(
         mutation_limit=AddressThrottle(
             limiter, "mutations", settings.mutations, settings.mutation_window_ms
         ),
+        listeners=ListenerSlots(settings.max_listeners, settings.max_listeners_per_client),
         telemetry=telemetry,
         drain=drain,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -10,14 +11,15 @@ import anyio
 import msgspec
 from litestar import Request, Response, WebSocket, get, post, websocket
 from litestar.enums import MediaType
-from litestar.exceptions import WebSocketDisconnect
+from litestar.exceptions import WebSocketDisconnect, WebSocketException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from api.auth import admin_guard, notification_guard
+from api.auth import WS_THROTTLED, admin_guard, notification_guard
 from api.drain import SHUTTING_DOWN
 from api.openapi import ADMIN, NOTIFY
+from api.throttle import Throttled, client_address
 from api.tickets import TICKET_TTL_MS, issue_ticket
 from schemas.http import ErrorResponse, TicketResponse
 
@@ -88,29 +90,35 @@ async def notifications_sse(
         # The media type is explicit: the route's own (text/event-stream) would apply.
         return Response(SHUTTING_DOWN, status_code=503, media_type=MediaType.JSON)
     keepalive_s = services.settings.sse_keepalive_ms / 1000
+    give_back = services.listeners.take(client_address(request.scope))
 
     async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
-        async with services.hub.listen(prefix) as notes:
-            yield ServerSentEventMessage(
-                event="subscribed", data=_encoder.encode({"prefix": prefix}).decode()
-            )
-            while True:
-                note = None
-                with anyio.move_on_after(keepalive_s):
-                    try:
-                        note = await notes.receive()
-                    except anyio.EndOfStream:  # the server is stopping
-                        return
-                if note is None:
-                    yield _KEEPALIVE
-                    continue
+        try:
+            async with services.hub.listen(prefix) as notes:
                 yield ServerSentEventMessage(
-                    data=_encoder.encode(note).decode(),
-                    event=str(type(note).__struct_config__.tag),  # limit_changed, policy_changed
-                    id=note.event_id,
+                    event="subscribed", data=_encoder.encode({"prefix": prefix}).decode()
                 )
+                while True:
+                    note = None
+                    with anyio.move_on_after(keepalive_s):
+                        try:
+                            note = await notes.receive()
+                        except anyio.EndOfStream:  # the server is stopping
+                            return
+                    if note is None:
+                        yield _KEEPALIVE
+                        continue
+                    yield ServerSentEventMessage(
+                        data=_encoder.encode(note).decode(),
+                        event=str(type(note).__struct_config__.tag),  # limit/policy_changed
+                        id=note.event_id,
+                    )
+        finally:
+            give_back()
 
-    return ServerSentEvent(events())
+    stream = events()
+    weakref.finalize(stream, give_back)  # also when the stream never starts (client gone)
+    return ServerSentEvent(stream)
 
 
 @websocket("/notifications/ws", guards=[notification_guard])
@@ -120,6 +128,17 @@ async def notifications_ws(socket: WebSocket[Any, Any, Any], prefix: Prefix = ""
     When the server begins to shut down, the socket is closed with code 1001 (going away).
     """
     services: Services = socket.app.state.services
+    try:
+        give_back = services.listeners.take(client_address(socket.scope))
+    except Throttled as exc:
+        raise WebSocketException(detail=str(exc.detail), code=WS_THROTTLED) from None
+    try:
+        await _serve_ws(socket, services, prefix)
+    finally:
+        give_back()
+
+
+async def _serve_ws(socket: WebSocket[Any, Any, Any], services: Services, prefix: str) -> None:
     await socket.accept()
     server_ended = False
     async with services.hub.listen(prefix) as notes, anyio.create_task_group() as tg:

@@ -10,7 +10,7 @@ from core.metrics import Metrics
 from core.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from api.throttle import AddressThrottle
+    from api.throttle import AddressThrottle, ListenerSlots
     from core.config_store import ConfigStore
     from core.gateway import Gateway
     from core.keys import KeySpace
@@ -35,6 +35,7 @@ class Services:
     policies: PolicySync
     auth_failures: AddressThrottle
     mutation_limit: AddressThrottle
+    listeners: ListenerSlots
     metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
     drain: Drain = field(default_factory=Drain)

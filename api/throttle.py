@@ -27,9 +27,11 @@ from core.policies import Resolved
 from schemas.limits import Limit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from core.limiter import Limiter
 
-__all__ = ["AddressThrottle", "Throttled", "client_address"]
+__all__ = ["AddressThrottle", "ListenerSlots", "Throttled", "client_address"]
 
 _REMEMBERED = 10_000  # locked addresses kept in memory (expired ones are dropped first)
 
@@ -97,3 +99,55 @@ class AddressThrottle:
                 self._locked.clear()
         self._locked[address] = time.monotonic() + retry / 1000
         return retry
+
+
+class ListenerSlots:
+    """Open notification streams (SSE and WebSocket) in this process: at most ``total``,
+    and ``per_client`` per client address. In memory: a stream lives in one process."""
+
+    __slots__ = ("_by_address", "_open", "per_client", "total")
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self._open = 0
+        self._by_address: dict[str, int] = {}
+
+    def take(self, address: str) -> Callable[[], None]:
+        """A slot for ``address`` (call the result, once or more, to give it back); raises
+        :class:`Throttled` when none is left."""
+        if self._open >= self.total:
+            raise Throttled(
+                "too_many_listeners",
+                f"this server has {self.total} notification streams open (MAX_LISTENERS)",
+                1000,
+            )
+        held = self._by_address.get(address, 0)
+        if held >= self.per_client:
+            raise Throttled(
+                "too_many_listeners",
+                f"this address has {held} notification streams open here "
+                "(MAX_LISTENERS_PER_CLIENT)",
+                1000,
+            )
+        self._open += 1
+        self._by_address[address] = held + 1
+        given = False
+
+        def give_back() -> None:
+            nonlocal given
+            if given:
+                return
+            given = True
+            self._open -= 1
+            left = self._by_address[address] - 1
+            if left:
+                self._by_address[address] = left
+            else:
+                del self._by_address[address]
+
+        return give_back
+
+    @property
+    def open(self) -> int:
+        return self._open

@@ -91,6 +91,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Host names the server answers for (comma-separated; "*": any). Empty: the loopback
     #: names when BIND_ADDRESS is loopback (against DNS rebinding), else any.
     allowed_hosts: str = ""
+    #: Open notification streams (SSE + WebSocket) per process, and per client address.
+    max_listeners: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    max_listeners_per_client: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
     #: How often an idle notification stream (SSE) gets a keep-alive comment.
     sse_keepalive_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 15_000
     # A check may carry a limit for a key that has none (stored, with a TTL), when allowed.
