@@ -64,6 +64,12 @@ environment (a .env file in the working directory is read too; README.md lists a
   ALLOW_INSECURE       true: accept short tokens and a non-loopback bind without
                        ADMIN_TOKEN (experiments only; default false)
   CORS_ORIGINS         web origins allowed to call the API from a browser (comma-separated)
+  AUTH_FAILURES        wrong tokens per client address per AUTH_FAILURE_WINDOW_MS
+                       (default 10 per 60000); then 429 for that address
+  MUTATIONS            config changes per client address per MUTATION_WINDOW_MS
+                       (default 600 per 60000); then 429
+  MAX_LISTENERS        notification streams per process (1000), and per client address
+                       (MAX_LISTENERS_PER_CLIENT, 10)
   TRUSTED_PROXIES      proxies whose X-Forwarded-For is believed (addresses or CIDRs,
                        comma-separated; default none)
   ALLOWED_HOSTS        Host names answered for (comma-separated, * any); default: the
