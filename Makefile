@@ -8,12 +8,13 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-valkey lint typecheck unit bench schema clean help
+.PHONY: run test test-valkey lint typecheck unit bench schema clean help audit
 
 help:
 	@echo "make run          start the API (+ in-process worker; embedded Redis unless REDIS_URL)"
 	@echo "make test         lint, type-check and run the whole suite against a real Redis"
 	@echo "make test-valkey  run the core suite against Valkey (the embedded server)"
+	@echo "make audit        pip-audit the locked dependency set (.ci/audit)"
 	@echo "make bench        run the benchmark (wrk, redis-benchmark, tests/benchmarks); writes bench/results.json"
 
 $(RUN_STAMP): pyproject.toml
@@ -46,9 +47,12 @@ test: lint typecheck
 test-valkey: $(TEST_STAMP)
 	THROTTLER_TEST_SERVER=valkey $(BIN)/pytest -q tests/unit tests/integration
 
+audit: $(TEST_STAMP)
+	bash .ci/audit
+
 bench: $(TEST_STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-audit .mypy_cache .ruff_cache .pytest_cache build *.egg-info
