@@ -1,7 +1,8 @@
 -- fixed_window: windows aligned to multiples of the window since the Unix epoch.
 -- State "w:count": the window number and the tokens spent in it.
-local function fixed_window(raw, n, now, req, win_us)
-  local w = idiv(now, win_us)
+
+-- A counter per window: w the current window's number, `ends` the µs until it ends.
+local function counted(raw, n, req, w, ends)
   local count = 0
   if raw then
     local a, b = string.match(raw, '^(%d+):(%d+)$')
@@ -9,7 +10,6 @@ local function fixed_window(raw, n, now, req, win_us)
       count = tonumber(b)
     end
   end
-  local ends = (w + 1) * win_us - now
   local allowed = count + n <= req
   if allowed then
     count = count + n
@@ -23,6 +23,11 @@ local function fixed_window(raw, n, now, req, win_us)
     reset = ends
   end
   return allowed, req - count, reset, retry, string.format('%d:%d', w, count), ceil_ms(ends)
+end
+
+local function fixed_window(raw, n, now, req, win_us)
+  local w = idiv(now, win_us)
+  return counted(raw, n, req, w, (w + 1) * win_us - now)
 end
 
 -- calendar_month: a fixed window that is a UTC calendar month (code 5, letter "m"); the
@@ -52,25 +57,5 @@ end
 
 local function calendar_month(raw, n, now, req)
   local w, next_start = month_of(now)
-  local count = 0
-  if raw then
-    local a, b = string.match(raw, '^(%d+):(%d+)$')
-    if tonumber(a) == w then
-      count = tonumber(b)
-    end
-  end
-  local ends = next_start - now
-  local allowed = count + n <= req
-  if allowed then
-    count = count + n
-  end
-  local retry = 0
-  if not allowed then
-    retry = ends
-  end
-  local reset = 0
-  if count > 0 then
-    reset = ends
-  end
-  return allowed, req - count, reset, retry, string.format('%d:%d', w, count), ceil_ms(ends)
+  return counted(raw, n, req, w, next_start - now)
 end
