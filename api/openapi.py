@@ -27,7 +27,14 @@ from litestar.openapi.spec import (
 from api.docs_ui import OfflineSwaggerUI
 from core.version import VERSION
 from schemas.http import BatchItem, BatchRequest, CheckRequest, LimitBody
-from schemas.limits import KEY_PATTERN, MAX_SLIDING_REQUESTS, Limit, Policy
+from schemas.limits import (
+    KEY_PATTERN,
+    MAX_SLIDING_REQUESTS,
+    MAX_WINDOW_MS,
+    PATTERN_PATTERN,
+    Limit,
+    Policy,
+)
 
 if TYPE_CHECKING:
     import msgspec
@@ -145,6 +152,16 @@ _LIMIT_RULES = [
         schema_if=_SLIDING,
         then=Schema(properties={"requests": Schema(maximum=MAX_SLIDING_REQUESTS)}),
     ),
+    Schema(
+        schema_if=Schema(required=["calendar"]),
+        then=Schema(
+            properties={
+                "algorithm": Schema(const="fixed_window"),
+                "window_ms": Schema(const=MAX_WINDOW_MS),
+            },
+            required=["algorithm"],
+        ),
+    ),
 ]
 
 
@@ -165,7 +182,7 @@ _INLINE_RULES = [
     _given("algorithm", _STRING, "requests", "window_ms"),
     _given("burst", _INTEGER, "requests", "window_ms"),
 ]
-_SINGLE = ("requests", "window_ms", "algorithm", "burst")
+_SINGLE = ("requests", "window_ms", "algorithm", "burst", "calendar")
 #: A key's limits: one limit, or ``limits`` (with ``shadow``), never both.
 _BODY_RULES = [
     Schema(
@@ -192,9 +209,7 @@ _BODIES: tuple[type[msgspec.Struct], ...] = (
 )
 
 
-def complete_document(openapi: OpenAPI) -> None:
-    """Add to Litestar's document what it cannot derive (see the module docstring)."""
-    schemas = openapi.components.schemas or {}
+def _complete_bodies(schemas: dict[str, Schema]) -> None:
     for struct in _BODIES:
         schema = schemas[struct.__name__]
         if struct.__struct_config__.forbid_unknown_fields:
@@ -202,8 +217,17 @@ def complete_document(openapi: OpenAPI) -> None:
         if rules := _RULES.get(struct):
             schema.all_of = rules
     match = schemas[Policy.__name__].properties or {}
-    if isinstance(schema := match.get("match"), Schema):
-        schema.unique_items = True
+    if isinstance(listed := match.get("match"), Schema):
+        listed.unique_items = True
+        # Litestar drops the constraints of a list's items: put the pattern back.
+        listed.items = Schema(
+            type=OpenAPIType.STRING, pattern=PATTERN_PATTERN, min_length=1, max_length=257
+        )
+
+
+def complete_document(openapi: OpenAPI) -> None:
+    """Add to Litestar's document what it cannot derive (see the module docstring)."""
+    _complete_bodies(openapi.components.schemas or {})
     for path, item in (openapi.paths or {}).items():
         for method in ("get", "head", "post", "put", "delete"):
             operation = getattr(item, method, None)

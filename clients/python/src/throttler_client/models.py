@@ -14,6 +14,8 @@ __all__ = [
     "Decision",
     "Limit",
     "LimitChange",
+    "Policy",
+    "PolicyChange",
     "forwarded_headers",
 ]
 
@@ -81,6 +83,9 @@ class Limit:
     window_ms: int
     algorithm: Algorithm = "token_bucket"
     burst: int | None = None
+    #: ``"month"``: a ``fixed_window`` whose windows are UTC calendar months (``window_ms``
+    #: is then 2678400000, the longest month).
+    calendar: Literal["month"] | None = None
 
     def to_json(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -90,6 +95,8 @@ class Limit:
         }
         if self.burst is not None:
             body["burst"] = self.burst
+        if self.calendar is not None:
+            body["calendar"] = self.calendar
         return body
 
     @classmethod
@@ -103,6 +110,7 @@ class Limit:
             window_ms=as_int(body, "window_ms"),
             algorithm=algorithm,  # type: ignore[arg-type]  # checked against Algorithm above
             burst=None if burst is None else as_int(body, "burst"),
+            calendar="month" if body.get("calendar") == "month" else None,
         )
 
 
@@ -117,6 +125,51 @@ class LimitChange:
 
     status: ChangeStatus
     limit: Limit | None = None
+    event_id: str | None = None
+    #: Every limit of the key (``limit`` is the first); ``shadow`` as stored.
+    limits: tuple[Limit, ...] = ()
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Limits for every key that a pattern of ``match`` selects: exact keys, prefixes ending
+    in ``*``, or ``*`` alone (every key without a better match). ``shadow``: evaluated and
+    spent as usual, but every check is allowed (a would-be denial is reported)."""
+
+    name: str
+    limits: tuple[Limit, ...]
+    match: tuple[str, ...] = ()
+    shadow: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "limits": [limit.to_json() for limit in self.limits],
+            "match": list(self.match),
+            "shadow": self.shadow,
+        }
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, object]) -> Policy:
+        limits, match = body.get("limits"), body.get("match", [])
+        if not isinstance(limits, list) or not isinstance(match, list):
+            raise ValueError(f"expected limits and match lists, got {limits!r}, {match!r}")
+        return cls(
+            name=str(body["name"]),
+            limits=tuple(Limit.from_json(limit) for limit in limits),
+            match=tuple(str(pattern) for pattern in match),
+            shadow=body.get("shadow") is True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """The outcome of :meth:`put_policy` or :meth:`delete_policy`: ``created``, ``replaced``
+    or ``deleted`` with the policy (as stored, or as it was), or ``accepted`` with the
+    ``event_id`` of a change that no worker applied within ``APPLY_WAIT_MS``."""
+
+    status: ChangeStatus
+    policy: Policy | None = None
     event_id: str | None = None
 
 
