@@ -85,10 +85,18 @@ def build_services(
         ),
         policies=policies,
         auth_failures=AddressThrottle(
-            limiter, "auth-failures", settings.auth_failures, settings.auth_failure_window_ms
+            limiter,
+            "auth-failures",
+            settings.auth_failures,
+            settings.auth_failure_window_ms,
+            wait_s=settings.redis_timeout_ms / 2000,
         ),
         mutation_limit=AddressThrottle(
-            limiter, "mutations", settings.mutations, settings.mutation_window_ms
+            limiter,
+            "mutations",
+            settings.mutations,
+            settings.mutation_window_ms,
+            wait_s=settings.redis_timeout_ms / 2000,
         ),
         listeners=ListenerSlots(settings.max_listeners, settings.max_listeners_per_client),
         telemetry=telemetry,

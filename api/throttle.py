@@ -11,7 +11,8 @@ Each is a token bucket in Redis under a key no caller can name (it holds a ``/``
 key validation refuses), so every API process shares it. A process that saw a denial
 remembers it in memory until the bucket's retry time: an address locked out costs no
 Redis call, and a request that authenticates costs one dictionary lookup at most. Redis
-being unavailable never lets a failed attempt through: it is refused (401) as always.
+being unavailable (or slower than half of ``REDIS_TIMEOUT_MS``) never lets a failed attempt
+through: it is refused (401) as always, uncounted; a change goes on to its own outcome.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from litestar.exceptions import HTTPException
 
 from core.errors import RedisUnavailableError
@@ -58,11 +60,16 @@ def client_address(scope: Any) -> str:
 class AddressThrottle:
     """One limit per client address, e.g. ``AddressThrottle(limiter, "auth-failures", …)``."""
 
-    __slots__ = ("_limiter", "_locked", "_name", "_resolved")
+    __slots__ = ("_limiter", "_locked", "_name", "_resolved", "_wait_s")
 
-    def __init__(self, limiter: Limiter, name: str, requests: int, window_ms: int) -> None:
+    def __init__(
+        self, limiter: Limiter, name: str, requests: int, window_ms: int, *, wait_s: float = 0.25
+    ) -> None:
         self._limiter = limiter
         self._name = name
+        # How long a spend may wait for Redis: a hung Redis must not add a whole timeout
+        # (and a breaker failure) to every change before the change's own 503.
+        self._wait_s = wait_s
         self._resolved = Resolved.of(None, (Limit(requests=requests, window_ms=window_ms),))
         self._locked: dict[str, float] = {}  # address -> time.monotonic() the lock ends
 
@@ -83,11 +90,15 @@ class AddressThrottle:
         """Spend one from ``address``'s bucket: the retry time (ms) when it is empty (and
         the address is locked out here until then), else None (also when Redis cannot
         answer: the caller's own outcome stands)."""
-        try:
-            result = await self._limiter.spend_under(
-                f"throttler/{self._name}/{address}", self._resolved
-            )
-        except RedisUnavailableError:
+        result = None
+        with anyio.move_on_after(self._wait_s):  # cancelled: no verdict on Redis's health
+            try:
+                result = await self._limiter.spend_under(
+                    f"throttler/{self._name}/{address}", self._resolved
+                )
+            except RedisUnavailableError:
+                return None
+        if result is None:
             return None
         if result.allowed:
             return None

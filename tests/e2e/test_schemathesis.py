@@ -42,6 +42,10 @@ def test_every_phase_and_check_passes(redis_url: str, prefix: str, tmp_path: Pat
         "WORKER_BLOCK_MS": "100",
         "ADMIN_TOKEN": "admin-secret-0123456789abcdef0123456789",
         "CHECK_TOKEN": "check-secret-0123456789abcdef0123456789",
+        # Schemathesis sends wrong tokens and many changes on purpose: the per-address
+        # lockout and change limit (tests/integration/test_throttle.py) would answer 429.
+        "AUTH_FAILURES": "1000000",
+        "MUTATIONS": "1000000",
         "LOG_LEVEL": "warning",
     }
     service = ServiceProcess(env).start(tmp_path)

@@ -146,7 +146,9 @@ async def test_dead_letters_list_and_replay(
             "deliveries",
             "dead_at_ms",
             "worker",
+            "truncated",
         }
+        assert broken["truncated"] is False
         assert broken["deliveries"] == 2
         assert "WRONGTYPE" in broken["reason"]
         assert json.loads(broken["fields"][EVENT_FIELD])["key"] == "broken"
