@@ -52,7 +52,12 @@ def host_name(host: str) -> str:
     return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
+_JSON = b"application/json"
+
+
 def _is_json(content_type: bytes) -> bool:
+    if content_type == _JSON:
+        return True
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/json" or (
         media.startswith(b"application/") and media.endswith(b"+json")
@@ -62,7 +67,7 @@ def _is_json(content_type: bytes) -> bool:
 class EdgeGuard:
     """ASGI: refuse non-JSON bodies, unknown Hosts and cross-site WebSockets (see module)."""
 
-    __slots__ = ("_hosts", "_origins", "app")
+    __slots__ = ("_good_hosts", "_hosts", "_origins", "app")
 
     def __init__(
         self, app: ASGIApp, *, hosts: frozenset[str] | None, origins: frozenset[str]
@@ -70,24 +75,26 @@ class EdgeGuard:
         self.app = app
         self._hosts = hosts  # None: any Host
         self._origins = origins
+        self._good_hosts: set[bytes] = set()  # Host values seen allowed (a few at most)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind: str = scope["type"]
         if kind == "http":
-            host = content_type = None
-            body = False
+            # One pass over the headers comparing names only: the check path's cost here.
+            host = content_type = length = chunked = None
             for name, value in scope["headers"]:
-                if name == b"content-type":
+                if name == b"content-length":
+                    length = value
+                elif name == b"content-type":
                     content_type = value
-                elif name == b"content-length":
-                    body = body or value.strip() not in (b"0", b"")
-                elif name == b"transfer-encoding":
-                    body = True
                 elif name == b"host":
                     host = value
-            if host is not None and not self._host_allowed(host):
+                elif name == b"transfer-encoding":
+                    chunked = value
+            if host is not None and host not in self._good_hosts and not self._host_allowed(host):
                 await _answer(send, 400, _BAD_HOST)
                 return
+            body = chunked is not None or (length is not None and length.strip() not in (b"0", b""))
             if body and (content_type is None or not _is_json(content_type)):
                 await _answer(send, 415, _UNSUPPORTED)
                 return
@@ -97,7 +104,10 @@ class EdgeGuard:
         await self.app(scope, receive, send)
 
     def _host_allowed(self, host: bytes) -> bool:
-        return self._hosts is None or host_name(host.decode("latin-1")) in self._hosts
+        allowed = self._hosts is None or host_name(host.decode("latin-1")) in self._hosts
+        if allowed and len(self._good_hosts) < 64:  # remembered: next time a set lookup
+            self._good_hosts.add(host)
+        return allowed
 
     def _websocket_allowed(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
