@@ -16,7 +16,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -105,10 +105,13 @@ def build_app(
     drain: Drain | None = None,
 ) -> Litestar:
     """The API wired with what runs beside it in one process (the in-process worker)."""
-    from api.app import create_app  # noqa: PLC0415 - keep `throttler --help` fast
+    from api.app import Hook, create_app  # noqa: PLC0415 - keep `throttler --help` fast
+    from api.rls.server import rls_hook  # noqa: PLC0415
     from throttler.worker_cmd import in_process_worker  # noqa: PLC0415
 
-    hooks = (in_process_worker,) if worker else ()
+    hooks: tuple[Hook, ...] = (in_process_worker,) if worker else ()
+    if settings.rls_enabled:
+        hooks = (*hooks, rls_hook)
     return create_app(settings, hooks, telemetry, drain=drain)
 
 
@@ -234,14 +237,16 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from core.bulk import BulkFileError, parse_bulk_file, parse_bulk_text  # noqa: PLC0415
+    from core.bulk import BulkFileError, parse_bulk_text  # noqa: PLC0415
+    from throttler.rls_file import looks_like_envoy, parse_envoy_text, read_text  # noqa: PLC0415
 
     # The file is validated first, without Redis: `--check` needs none at all.
+    changes: Sequence[Any]
     try:
-        if args.file == "-":
-            changes = parse_bulk_text(sys.stdin.read(), "<stdin>")
-        else:
-            changes = parse_bulk_file(args.file)
+        name = "<stdin>" if args.file == "-" else args.file
+        text = sys.stdin.read() if args.file == "-" else read_text(args.file)
+        envoy = args.format == "envoy" or (args.format == "auto" and looks_like_envoy(text))
+        changes = parse_envoy_text(text, name) if envoy else parse_bulk_text(text, name)
     except BulkFileError as exc:
         for problem in exc.problems:
             print(f"throttler apply: {problem}", file=sys.stderr)
@@ -251,7 +256,8 @@ def _apply(args: argparse.Namespace) -> int:
         print(f"throttler apply: {count} {noun}; {outcome}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{args.file}: {len(changes)} changes, all valid (nothing was sent)")
+        what = f"{len(changes)} Envoy RLS domains" if envoy else f"{len(changes)} changes"
+        print(f"{args.file}: {what}, all valid (nothing was sent)")
         return 0
     from throttler.bulk_cmd import apply_changes  # noqa: PLC0415
 
@@ -303,7 +309,10 @@ def _serve_processes(options: ServerOptions, count: int) -> int:
     every keep-alive answer would otherwise wait ~40 ms for the client's delayed ACK
     (uvicorn issue #3149; measured in docs/performance.md).
     """
+    from api.rls.server import REUSEPORT_ENV  # noqa: PLC0415
     from throttler.processes import STARTUP_FAILURE, run_processes  # noqa: PLC0415
+
+    os.environ[REUSEPORT_ENV] = "1"  # the processes share RLS_BIND_ADDRESS too
 
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as bound:
@@ -384,12 +393,22 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate every item of FILE first (every bad item is reported with its "
         "line, and nothing is sent), then publish the changes on the config stream in "
         "pipelined batches. Items: {key, requests, window_ms[, algorithm][, burst]} or "
-        "{key, delete: true}; a file may change each key only once. Exit codes: 0 done, "
-        "1 Redis unreachable or (--wait) not all applied, 2 invalid file or settings.",
+        "{key, delete: true}; a file may change each key only once. An envoyproxy/ratelimit "
+        "config (a mapping with `domain` and `descriptors`; several domains as YAML "
+        "documents) is detected and published as Envoy RLS domains (docs/envoy.md). "
+        "Exit codes: 0 done, 1 Redis unreachable or (--wait) not all applied, 2 invalid file "
+        "or settings.",
     )
     apply.add_argument("file", metavar="FILE", help="the file, or - to read standard input")
     apply.add_argument(
         "--check", action="store_true", help="validate FILE only; needs no Redis, sends nothing"
+    )
+    apply.add_argument(
+        "--format",
+        choices=["auto", "throttler", "envoy"],
+        default="auto",
+        help="the file's format: a Throttler bulk file, an envoyproxy/ratelimit config, or "
+        "auto (default): envoy when the file is a mapping with `domain`",
     )
     apply.add_argument("--wait", action="store_true", help="wait until all are applied")
     apply.add_argument(
