@@ -40,6 +40,10 @@ _SERVE_WORKER = "THROTTLER_SERVE_WORKER"  # set by `serve` for its server proces
 SETTINGS_HELP = """\
 environment (a .env file in the working directory is read too; README.md lists all):
   BIND_ADDRESS         host:port to listen on (default 127.0.0.1:8080)
+  RLS_BIND_ADDRESS     host:port of Envoy's rate limit service, gRPC (default
+                       127.0.0.1:8081); off: not served
+  RLS_RESPONSE_HEADERS headers RLS answers ask Envoy to add: ietf (RateLimit-Policy,
+                       RateLimit; default), x-ratelimit (X-RateLimit-*), off
   REDIS_URL            redis://[user:password@]host:port/db, rediss:// for TLS; unset:
                        start an embedded server on loopback (serve only)
   REDIS_CLUSTER        true to talk to a Redis Cluster (default false)
@@ -236,6 +240,21 @@ def _worker(args: argparse.Namespace) -> int:
         telemetry.shutdown()
 
 
+def _rls(args: argparse.Namespace) -> int:
+    from core.otel_setup import telemetry_from_env  # noqa: PLC0415
+    from throttler.rls_cmd import run_rls  # noqa: PLC0415
+
+    settings = _load({"RLS_BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
+    _configure(settings)
+    if settings.redis_url is None:
+        raise SettingsError(_REDIS_HINT)
+    telemetry = telemetry_from_env("throttler-rls")
+    try:
+        return anyio.run(run_rls, settings, telemetry, backend_options={"use_uvloop": True})
+    finally:
+        telemetry.shutdown()
+
+
 def _apply(args: argparse.Namespace) -> int:
     from core.bulk import BulkFileError, parse_bulk_text  # noqa: PLC0415
     from throttler.rls_file import looks_like_envoy, parse_envoy_text, read_text  # noqa: PLC0415
@@ -386,6 +405,21 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--check", action="store_true", help="probe the heartbeat and exit")
     worker.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
     worker.set_defaults(run=_worker)
+
+    rls = sub.add_parser(
+        "rls",
+        help="serve Envoy's rate limit service (gRPC) alone, without the HTTP API",
+        description="Serve envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit and "
+        "grpc.health.v1 on RLS_BIND_ADDRESS until SIGTERM/SIGINT (`serve` runs the same "
+        "server beside HTTP). Domains come from `throttler apply FILE` (envoyproxy/ratelimit "
+        "YAML) through a worker: run `throttler worker` (or a `serve`) on the same Redis. "
+        "See docs/envoy.md.",
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rls.add_argument("--bind", metavar="HOST:PORT", help="gRPC listen address (RLS_BIND_ADDRESS)")
+    rls.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    rls.set_defaults(run=_rls)
 
     apply = sub.add_parser(
         "apply",
