@@ -27,7 +27,6 @@ OK = pb.RateLimitResponse.OK
 OVER_LIMIT = pb.RateLimitResponse.OVER_LIMIT
 
 
-
 def descriptor(
     *entries: tuple[str, str],
     hits: int | None = None,
