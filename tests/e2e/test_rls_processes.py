@@ -216,7 +216,7 @@ async def test_throttler_rls_serves_alone(redis_url: str, prefix: str, tmp_path:
         api.stop()
 
 
-class _Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
     """An OTLP/gRPC trace receiver: what an OpenTelemetry Collector would get."""
 
     def __init__(self) -> None:
@@ -233,7 +233,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[m
 def collector() -> Iterator[tuple[_Collector, int]]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     servicer = _Collector()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
