@@ -109,11 +109,13 @@ def test_wildcards_match_by_prefix_first_listed_first() -> None:
     [
         ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 1}\n", "unit"),
         (
-            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: year, requests_per_unit: 1}\n",
+            "domain: d\ndescriptors:\n  - key: k\n"
+            "    rate_limit: {unit: year, requests_per_unit: 1}\n",
             "unit",
         ),
         (
-            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, unit: second}\n",
+            "domain: d\ndescriptors:\n  - key: k\n"
+            "    rate_limit: {unlimited: true, unit: second}\n",
             "unlimited",
         ),
         ("domain: d\ndescriptors:\n  - key: k\n  - key: k\n", "duplicate"),
