@@ -14,19 +14,24 @@ Counting tests use ``day`` units: a day window ends at 00:00 UTC, far from any t
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis import Redis
 
 from core.embedded import free_port
+from core.settings import load_settings
+from tests.support.poll import until
 from tests.support.rls import (
     OK,
     OVER_LIMIT,
     apply_domain,
+    apply_domain_file,
     descriptor,
     request,
     stub,
@@ -36,7 +41,6 @@ from tests.support.service import ServiceProcess
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -421,3 +425,95 @@ async def test_config_change_over_the_stream_takes_effect_on_the_running_server(
     answer = await client.ShouldRateLimit(k)
     assert answer.statuses[0].current_limit.requests_per_unit == 3
     assert (answer.overall_code, answer.statuses[0].limit_remaining) == (OK, 1)  # spent kept
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "envoy"
+
+
+def _route_descriptors(envoy: dict[str, Any]) -> tuple[str, list[list[dict[str, Any]]]]:
+    """The filter's domain and the route's rate_limits actions in docs' envoy.yaml."""
+    listener = envoy["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    rate_filter = manager["http_filters"][0]["typed_config"]
+    return rate_filter["domain"], [r["actions"] for r in route["rate_limits"]]
+
+
+def test_the_envoy_example_points_at_the_rls_defaults() -> None:
+    envoy = yaml.safe_load((EXAMPLES / "envoy.yaml").read_text())
+    domain, actions = _route_descriptors(envoy)
+    limits = yaml.safe_load((EXAMPLES / "ratelimit.yaml").read_text())
+    assert domain == limits["domain"]
+    filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+    rate_filter = filters[0]["typed_config"]["http_filters"][0]["typed_config"]
+    cluster_name = rate_filter["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    [cluster] = [c for c in envoy["static_resources"]["clusters"] if c["name"] == cluster_name]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    port = endpoint["address"]["socket_address"]["port_value"]
+    assert f"127.0.0.1:{port}" == load_settings({}, env_file=None).rls_bind_address
+    options = cluster["typed_extension_protocol_options"]
+    assert "http2_protocol_options" in str(options)  # gRPC needs HTTP/2
+    health = cluster["health_checks"][0]["grpc_health_check"]["service_name"]
+    assert health == "envoy.service.ratelimit.v3.RateLimitService"
+    assert rate_filter["failure_mode_deny"] is True
+    # Every action yields a descriptor key the limits file has.
+    keys = {d["key"] for d in limits["descriptors"]}
+    made = set()
+    for action in actions:
+        [kind] = action[0]
+        made.add(
+            {"remote_address": "remote_address", "header_value_match": "header_match"}.get(
+                kind, action[0][kind].get("descriptor_key", "")
+            )
+        )
+    assert made == keys
+
+
+async def _window_has_left(redis_url: str, window_ms: int, left_ms: int) -> None:
+    """Until the current fixed window (aligned to the epoch, by Redis' clock) has at least
+    ``left_ms`` to run: a test counting in it must not straddle its end."""
+    redis = Redis.from_url(redis_url)
+
+    async def enough() -> bool:
+        seconds, micros = redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        return window_ms - now_ms % window_ms >= left_ms
+
+    try:
+        await until(enough, window_ms / 1000 + 10, 0.2)
+    finally:
+        redis.close()
+
+
+async def test_the_documented_domain_answers_envoys_descriptors(
+    rls: Rls, client: Any, redis_url: str
+) -> None:
+    """docs/examples/envoy/ratelimit.yaml applied as docs/envoy.md says, asked with the
+    descriptors docs/examples/envoy/envoy.yaml's route sends."""
+    done = apply_domain_file(EXAMPLES / "ratelimit.yaml", rls.env)
+    assert "published 1 changes" in done.stdout
+    await wait_loaded(rls.proc.base_url, "edge")
+
+    def envoy_request(address: str, api_key: str | None, path: str) -> Any:
+        descriptors = [descriptor(("remote_address", address))]
+        if api_key is not None:  # skip_if_absent
+            descriptors.append(descriptor(("api_key", api_key)))
+        if path.startswith("/admin"):
+            descriptors.append(descriptor(("header_match", "admin")))
+        return request("edge", *descriptors)
+
+    answer = await client.ShouldRateLimit(envoy_request("198.51.100.1", "k1", "/"))
+    assert codes(answer) == [OK, OK]
+    assert answer.statuses[1].current_limit.name == "per-api-key"
+    headers = {h.key: h.value for h in answer.response_headers_to_add}
+    assert headers["RateLimit-Policy"] == '"per-api-key";q=20;w=1'
+    blocked = await client.ShouldRateLimit(envoy_request("203.0.113.7", None, "/"))
+    assert blocked.overall_code == OVER_LIMIT
+    unlimited = await client.ShouldRateLimit(envoy_request("198.51.100.1", "internal-batch", "/"))
+    assert unlimited.statuses[1].limit_remaining == 2**32 - 1
+    await _window_has_left(redis_url, 30_000, 15_000)  # the admin limit: 10 per 30 s
+    admin = [
+        await client.ShouldRateLimit(envoy_request(f"198.51.100.{i}", None, "/admin/x"))
+        for i in range(11)
+    ]
+    assert [a.overall_code for a in admin] == [OK] * 10 + [OVER_LIMIT]

@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
     import grpc
 
-__all__ = ["OK", "OVER_LIMIT", "apply_domain", "descriptor", "request", "stub", "wait_loaded"]
+__all__ = [
+    "OK",
+    "OVER_LIMIT",
+    "apply_domain",
+    "apply_domain_file",
+    "descriptor",
+    "request",
+    "stub",
+    "wait_loaded",
+]
 
 OK = pb.RateLimitResponse.OK
 OVER_LIMIT = pb.RateLimitResponse.OVER_LIMIT
@@ -58,6 +67,13 @@ def apply_domain(
     """`throttler apply FILE --wait` of one envoyproxy/ratelimit YAML document."""
     path = tmp_path / f"{config['domain']}.yaml"
     path.write_text(yaml.safe_dump(config))
+    return apply_domain_file(path, env, *extra)
+
+
+def apply_domain_file(
+    path: Path, env: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`throttler apply FILE --wait`."""
     done = subprocess.run(
         [
             sys.executable,
