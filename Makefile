@@ -49,6 +49,7 @@ test-valkey: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python -m bench
 
 clean:

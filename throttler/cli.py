@@ -107,14 +107,16 @@ def build_app(
     worker: bool = True,
     telemetry: Telemetry | None = None,
     drain: Drain | None = None,
+    rls: bool = False,
 ) -> Litestar:
-    """The API wired with what runs beside it in one process (the in-process worker)."""
+    """The API wired with what runs beside it in one process: the in-process worker, and
+    with ``rls`` Envoy's rate limit service on RLS_BIND_ADDRESS (unless that is off)."""
     from api.app import Hook, create_app  # noqa: PLC0415 - keep `throttler --help` fast
     from api.rls.server import rls_hook  # noqa: PLC0415
     from throttler.worker_cmd import in_process_worker  # noqa: PLC0415
 
     hooks: tuple[Hook, ...] = (in_process_worker,) if worker else ()
-    if settings.rls_enabled:
+    if rls and settings.rls_enabled:
         hooks = (*hooks, rls_hook)
     return create_app(settings, hooks, telemetry, drain=drain)
 
@@ -131,7 +133,7 @@ def app_factory(drain: Drain | None = None) -> Litestar:
     configure_logging(settings.log_level, settings.log_format)
     worker = os.environ.get(_SERVE_WORKER, "1") == "1"
     telemetry = telemetry_from_env("throttler")
-    return build_app(settings, worker=worker, telemetry=telemetry, drain=drain)
+    return build_app(settings, worker=worker, telemetry=telemetry, drain=drain, rls=True)
 
 
 @dataclass(frozen=True)

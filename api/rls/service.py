@@ -35,6 +35,7 @@ _log = logging.getLogger("throttler.rls")
 MAX_DESCRIPTORS = 64  #: descriptors in one request
 MAX_ENTRIES = 16  #: entries in one descriptor
 MAX_TEXT_BYTES = 1024  #: a domain, key or value
+_CACHED = 10_000  # metric children and counter keys remembered
 _UNLIMITED_REMAINING = 2**32 - 1  # what the reference server reports for `unlimited`
 _UNIT_BY_NUMBER = {number: name for name, number in UNIT_NUMBER.items()}
 
@@ -152,6 +153,8 @@ class RateLimitService:
             for r in ("ok", "over_limit", "invalid", "unavailable", "degraded_open")
         }
         self._descriptors = metrics.rls_descriptors
+        self._counters: dict[tuple[str, str, str], Any] = {}  # bounded: labels are
+        self._keys: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._duration = metrics.rls_duration
         telemetry = services.telemetry
         self._tracer = telemetry.tracer if telemetry.enabled else None
@@ -200,9 +203,8 @@ class RateLimitService:
         decisions: list[GroupDecision] = []
         if items:
             try:
-                decisions = await asyncio.wait_for(
-                    self._groups.check(items), timeout=self._timeout_s
-                )
+                async with asyncio.timeout(self._timeout_s):  # no task of its own
+                    decisions = await self._groups.check(items)
             except (RedisUnavailableError, TimeoutError) as exc:
                 return await self._degraded(exc, resolved, context)
         response = self._response(resolved, index, decisions)
@@ -217,14 +219,13 @@ class RateLimitService:
         items: list[GroupItem] = []
         index: list[int] = []
         by_key: dict[str, int] = {}
-        keys = self._services.keys
         for entries, hits, rule in zip(
             resolved.entries, resolved.hits, resolved.rules, strict=True
         ):
             if rule is None or rule.limit is None:
                 index.append(-1)
                 continue
-            key = keys.descriptor_key(resolved.domain, entries)
+            key = self._key(resolved.domain, entries)
             at = by_key.get(key)
             if at is None:
                 by_key[key] = at = len(items)
@@ -302,7 +303,21 @@ class RateLimitService:
         return [pb.HeaderValue(key=k, value=v) for k, v in pairs]
 
     def _count(self, domain: str, descriptor: str, result: str) -> None:
-        self._descriptors.labels(domain, descriptor, result).inc()
+        child = self._counters.get((domain, descriptor, result))
+        if child is None:
+            child = self._descriptors.labels(domain, descriptor, result)
+            if len(self._counters) < _CACHED:
+                self._counters[domain, descriptor, result] = child
+        child.inc()
+
+    def _key(self, domain: str, entries: tuple[tuple[str, str], ...]) -> str:
+        key = self._keys.get((domain, entries))
+        if key is None:
+            key = self._services.keys.descriptor_key(domain, entries)
+            if len(self._keys) >= _CACHED:
+                self._keys.clear()
+            self._keys[domain, entries] = key
+        return key
 
     async def _degraded(
         self,
