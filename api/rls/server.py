@@ -8,6 +8,7 @@ port another server holds is an error at start-up rather than a silent share.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -57,6 +58,12 @@ async def rls_server(services: Services) -> AsyncIterator[grpc.aio.Server | None
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     _log.info("envoy rate limit service (gRPC) listening on %s", address)
+    # A drain (SIGTERM to `serve`) turns health to NOT_SERVING at once, as /ready turns 503:
+    # Envoy's health checks move new calls elsewhere while answers continue.
+    pending: set[asyncio.Future[None]] = set()
+    services.drain.on_begin(
+        lambda: pending.add(asyncio.ensure_future(health.enter_graceful_shutdown()))
+    )
     try:
         yield server
     finally:

@@ -290,3 +290,38 @@ async def test_rls_spans_reach_an_otlp_grpc_collector(
         await until(exported, 20, 0.1)
     finally:
         proc.stop()
+
+
+async def test_a_drain_turns_grpc_health_to_not_serving_while_answers_go_on(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    env = {
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": prefix,
+        "WORKER_BLOCK_MS": "100",
+        "RLS_BIND_ADDRESS": f"127.0.0.1:{port}",
+        "SHUTDOWN_DRAIN_MS": "5000",  # long enough to look inside the drain
+    }
+    proc = ServiceProcess(env)
+    proc.start(tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest(
+                service="envoy.service.ratelimit.v3.RateLimitService"
+            )
+            assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
+            proc.signal(signal.SIGTERM)
+
+            async def not_serving() -> bool:
+                reply = await health.Check(check, timeout=5)
+                return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+            await until(not_serving, 8, 0.05)
+            answer = await stub(channel).ShouldRateLimit(request("d", descriptor(("k", "v"))))
+            assert answer.overall_code == OK
+    finally:
+        proc.stop()
