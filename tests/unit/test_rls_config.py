@@ -3,6 +3,8 @@ descriptor lookup of the reference server (config_impl.go GetLimit), counter key
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import msgspec
 import pytest
 
@@ -13,7 +15,11 @@ from core.keys import KeySpace
 from core.settings import load_settings
 from schemas.events import SetRlsDomain, config_event_decoder
 from schemas.rls import RlsDomain
+from throttler.cli import main
 from throttler.rls_file import looks_like_envoy, parse_envoy_text
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 README_EXAMPLE = """\
 domain: messaging
@@ -194,3 +200,21 @@ def test_rls_settings() -> None:
 def test_stored_domains_decode() -> None:
     domain = msgspec.convert({"domain": "d", "descriptors": [{"key": "k"}]}, RlsDomain)
     assert msgspec.json.decode(msgspec.json.encode(domain), type=RlsDomain) == domain
+
+
+def test_apply_check_detects_the_format_and_reports_every_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "rl.yaml"
+    good.write_text(README_EXAMPLE)
+    assert main(["apply", "--check", str(good)]) == 0
+    assert "1 Envoy RLS domains, all valid" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight}\n")
+    assert main(["apply", "--check", "--format", "envoy", str(bad)]) == 2
+    assert "bad.yaml:1:" in capsys.readouterr().err
+    # A bulk file forced as Envoy's format is refused, not misread.
+    bulk = tmp_path / "bulk.yaml"
+    bulk.write_text("- key: a\n  requests: 1\n  window_ms: 1000\n")
+    assert main(["apply", "--check", "--format", "envoy", str(bulk)]) == 2
+    assert main(["apply", "--check", str(bulk)]) == 0
