@@ -364,8 +364,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the HTTP API (and Envoy's rate limit service, gRPC)",
         description="Run the HTTP API, and beside it Envoy's rate limit service (gRPC) on "
         "RLS_BIND_ADDRESS unless that is off (docs/envoy.md). With no REDIS_URL, start an "
-        "embedded Redis-compatible server on loopback (nothing kept on disk) and stop it on exit. The first line on "
-        "standard output says where the API, its docs and its Redis are. SIGTERM drains "
+        "embedded Redis-compatible server on loopback (nothing kept on disk) and stop it on "
+        "exit. The first line on standard output says where the API, its docs and its Redis are. SIGTERM drains "
         "first: for SHUTDOWN_DRAIN_MS "
         "/ready answers 503, answers close their connections and notification streams end, "
         "while new requests are still served; then the listener closes without resetting "
