@@ -363,15 +363,15 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the HTTP API (and Envoy's rate limit service, gRPC)",
         description="Run the HTTP API, and beside it Envoy's rate limit service (gRPC) on "
-        "RLS_BIND_ADDRESS unless that is off (docs/envoy.md). With no REDIS_URL, start an "
-        "embedded Redis-compatible server on loopback (nothing kept on disk) and stop it on "
-        "exit. The first line on standard output says where the API, its docs and its Redis are. SIGTERM drains "
-        "first: for SHUTDOWN_DRAIN_MS "
-        "/ready answers 503, answers close their connections and notification streams end, "
-        "while new requests are still served; then the listener closes without resetting "
-        "accepted connections, in-flight requests complete, the in-process worker stops, "
-        "then the embedded server; exit status 0. SIGINT (Ctrl-C) does the same without the "
-        "wait; a second signal ends the drain at once.",
+        "RLS_BIND_ADDRESS unless that is off (docs/envoy.md). With no REDIS_URL, start an"
+        " embedded Redis-compatible server on loopback (nothing kept on disk) and stop it"
+        " on exit. The first line on standard output says where the API, its docs and its"
+        " Redis are. SIGTERM drains first: for SHUTDOWN_DRAIN_MS /ready answers 503 (and "
+        "gRPC health NOT_SERVING), answers close their connections and notification "
+        "streams end, while new requests are still served; then the listener closes "
+        "without resetting accepted connections, in-flight requests complete, the in-"
+        "process worker stops, then the embedded server; exit status 0. SIGINT (Ctrl-C) "
+        "does the same without the wait; a second signal ends the drain at once.",
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
