@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPLY",
+    "APPLY_DOCUMENT",
     "APPLY_POLICY",
     "CHECK",
     "CHECK_ALL",
+    "CHECK_GROUP",
     "CHECK_MANY",
     "FINISH",
     "READ_POLICIES",
@@ -105,7 +107,9 @@ _DECIDE = "\n".join(_read(p) for p in _CHECK_PARTS)
 CHECK = Script.from_source("check", _DECIDE + "\n" + _read("check.lua"))
 CHECK_ALL = Script.from_source("check_all", _DECIDE + "\n" + _read("check_all.lua"))
 CHECK_MANY = Script.from_source("check_many", _DECIDE + "\n" + _read("check_many.lua"))
+CHECK_GROUP = Script.from_source("check_group", _DECIDE + "\n" + _read("check_group.lua"))
 APPLY = Script.from_source("apply", _read("apply.lua"))
 APPLY_POLICY = Script.from_source("apply_policy", _read("apply_policy.lua"))
+APPLY_DOCUMENT = Script.from_source("apply_document", _read("apply_document.lua"))
 READ_POLICIES = Script.from_source("read_policies", _read("read_policies.lua"))
 FINISH = Script.from_source("finish", _read("finish.lua"))

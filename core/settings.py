@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """All runtime settings. Field ``x_y`` is read from the variable ``X_Y``."""
 
     bind_address: str = "127.0.0.1:8080"
+    # Envoy's rate limit service (gRPC): host:port, or "off" (docs/envoy.md)
+    rls_bind_address: str = "127.0.0.1:8081"
+    rls_response_headers: Literal["ietf", "x-ratelimit", "off"] = "ietf"
     redis_url: str | None = None
     redis_cluster: bool = False
     redis_timeout_ms: Millis = 500
@@ -78,12 +81,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"KEY_PREFIX must be 1-64 characters of A-Z a-z 0-9 _ - . (got {self.key_prefix!r})"
             )
         _split_bind(self.bind_address)
+        if self.rls_enabled:
+            _split_bind(self.rls_bind_address, "RLS_BIND_ADDRESS")
         if self.redis_url is not None:
             _check_redis_url(self.redis_url)
 
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def rls_enabled(self) -> bool:
+        return self.rls_bind_address.strip().lower() != "off"
 
     @property
     def host(self) -> str:
@@ -124,13 +133,14 @@ def _check_redis_url(url: str) -> None:
         raise SettingsError("REDIS_URL database (the path) must be a number")
 
 
-_CASE_FREE = ("log_level", "log_format", "failure_policy")
+_CASE_FREE = ("log_level", "log_format", "failure_policy", "rls_response_headers")
 
 
-def _split_bind(bind: str) -> tuple[str, int]:
+def _split_bind(bind: str, variable: str = "BIND_ADDRESS") -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"BIND_ADDRESS must be HOST:PORT (got {bind!r})")
+        extra = ' or "off"' if variable == "RLS_BIND_ADDRESS" else ""
+        raise SettingsError(f"{variable} must be HOST:PORT{extra} (got {bind!r})")
     return host.strip("[]"), int(port)
 
 
