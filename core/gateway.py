@@ -376,6 +376,8 @@ class Gateway:
         return found
 
     def _new_lane(self, name: str, make: Callable[[], Any]) -> tuple[Lane, CircuitBreaker]:
+        if self.cluster:
+            self._prune()  # a new owner: has another node lost its slots?
         breaker = CircuitBreaker(self._breaker_failures, self._breaker_cooldown_s, self._metrics)
         found = self._lanes[name] = (Lane(make, self._timeout_s, self._reply_error), breaker)
         return found

@@ -113,9 +113,9 @@ class LocalCluster:
                 ]  # fmt: skip
             self.nodes.append(RedisProcess(binary=binary, port=port, extra=extra).start())
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        replicas = ["--cluster-replicas", str(self.replicas)]
         subprocess.run(
-            [_cli(), "--cluster", "create", *addresses]
-            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            [_cli(), "--cluster", "create", *addresses, *replicas, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=timeout,
