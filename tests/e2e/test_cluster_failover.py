@@ -20,6 +20,7 @@ it is promoted holding exactly what it had received before the cut.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import signal
@@ -38,6 +39,7 @@ from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
 from core.gateway import Gateway
 from core.keys import APPLIERS, AUDITORS, KeySpace
+from core.limiter import CheckResult, Limiter
 from core.settings import load_settings
 from core.streams import EVENT_FIELD, ensure_group, publish_many
 from schemas.events import AuditEvent, KeyEvent, SetLimit
@@ -295,6 +297,7 @@ async def test_checks_through_a_master_failover_under_load(
     assert problems == []
     print(  # the figures of docs/operations.md (pytest -s)
         f"\nfailover: kill->promotion {promoted_at - killed_at:.2f}s, "
+        f"kill->last 503 {last_503 - killed_at:.2f}s, "
         f"promotion->last 503 {last_503 - promoted_at:.2f}s, "
         f"503s {outage[503]}, cut {killed_at - cut_at:.2f}s, "
         f"answers {len(answers.rows)}"
@@ -417,3 +420,51 @@ async def test_config_keeps_applying_through_the_failover_of_the_streams_master(
         f"\nconfig failover: kill->promotion {promoted_at - killed_at:.2f}s, "
         f"promotion->redelivered {redone_at - promoted_at:.2f}s"
     )
+
+
+# --- MOVED storms -------------------------------------------------------------------------
+
+
+async def test_a_moved_storm_is_followed_on_the_lanes_with_bounded_work(
+    replicated: LocalCluster, door: Gateway, prefix: str
+) -> None:
+    """A process whose layout is stale for every slot (as after failovers it has not seen
+    yet): 2,000 checks in one batch are each answered MOVED once, sent again on the right
+    node's lane and decided; no task per redirect, one layout refresh, not one per error."""
+    limiter = Limiter(door, KeySpace(prefix), Limit(10**6, DAY_MS))
+    items = [(f"storm-{i}", 1) for i in range(2000)]
+    assert all(not isinstance(r, Exception) for r in await limiter.check_many(items[:50]))
+    cluster: Any = door.client
+    manager = cluster.nodes_manager
+    owners = sorted({nodes[0].name for nodes in manager.slots_cache.values()})
+    assert len(owners) == 3
+    for slot, nodes in list(manager.slots_cache.items()):  # every slot: the next master
+        wrong = owners[(owners.index(nodes[0].name) + 1) % 3]
+        manager.slots_cache[slot] = [manager.get_node(node_name=wrong)]
+    refreshes, created = door.refreshes, 0
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        if factory is not None:
+            return factory(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        results = await limiter.check_many(items)
+    finally:
+        loop.set_task_factory(factory)
+    assert all(isinstance(r, CheckResult) and r.allowed for r in results)
+    assert created <= 10, created  # lanes (re)connecting and one refresh, not 2,000 tasks
+
+    async def refreshed() -> bool:
+        return door.refreshes > refreshes
+
+    await until(refreshed, 5)
+    assert door.refreshes - refreshes <= 2
+    for key, _ in items[:20]:  # the layout is right again
+        slot = key_slot(key.encode())
+        assert manager.get_node_from_slot(slot).port == replicated.master_of(slot).port
