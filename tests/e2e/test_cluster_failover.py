@@ -122,13 +122,22 @@ def replica_cut_off(cluster: LocalCluster, master: ClusterNode) -> Iterator[Clus
 
 
 async def promoted(cluster: LocalCluster, slot: int, port: int, within: float = 20.0) -> float:
-    """Wait until every live node sees ``port`` as the master of ``slot``; when that was."""
+    """Wait until the replica on ``port`` has promoted itself to master of ``slot`` (the
+    time returned), then until every live node agrees."""
 
-    async def seen() -> bool:
+    def claims() -> bool:
+        return any(n.port == port and n.is_master and n.owns(slot) for n in cluster.topology(port))
+
+    async def claimed() -> bool:
+        return await anyio.to_thread.run_sync(claims)
+
+    async def agreed() -> bool:
         return await anyio.to_thread.run_sync(cluster.owners_agree, slot, port)
 
-    await until(seen, within, 0.02)
-    return time.monotonic()
+    await until(claimed, within, 0.01)
+    at = time.monotonic()
+    await until(agreed, within, 0.05)
+    return at
 
 
 # --- checks -----------------------------------------------------------------------------
@@ -178,6 +187,16 @@ async def load(
             tg.start_soon(one, n * 7)
 
 
+async def readiness(
+    http: httpx.AsyncClient, bases: list[str], seen: Counter[int], stop: anyio.Event
+) -> None:
+    """``GET /ready`` of each process every 100 ms (what an orchestrator would see)."""
+    while not stop.is_set():
+        for base in bases:
+            seen[(await http.get(f"{base}/ready")).status_code] += 1
+        await anyio.sleep(0.1)
+
+
 async def spend(
     http: httpx.AsyncClient, bases: list[str], keys: list[str], times: int
 ) -> dict[str, Counter[int]]:
@@ -216,7 +235,7 @@ async def test_checks_through_a_master_failover_under_load(
     env = cluster_env(cluster, prefix, BREAKER_COOLDOWN_MS="60000")
     procs = [ServiceProcess(dict(env), ["serve", "--no-worker"]) for _ in range(2)]
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    answers, stop = Answers(), anyio.Event()
+    answers, stop, ready = Answers(), anyio.Event(), Counter[int]()
     admitted: Counter[str] = Counter()
 
     def count(seen: dict[str, Counter[int]], allowed: set[int]) -> None:
@@ -231,6 +250,7 @@ async def test_checks_through_a_master_failover_under_load(
             anyio.create_task_group() as tg,
         ):
             tg.start_soon(load, http, bases, load_keys, answers, stop)
+            tg.start_soon(readiness, http, bases, ready, stop)
             all_exact = [k for ks in exact.values() for k in ks]
             count(await spend(http, bases, all_exact, HALF), {200})
             await until(lambda: anyio.to_thread.run_sync(offsets_equal, cluster, victim.port))
@@ -269,6 +289,7 @@ async def test_checks_through_a_master_failover_under_load(
             stop.set()
             ended_at = time.monotonic()
             opened = [await circuits_open(http, b) for b in bases]
+            ready_after = [(await http.get(f"{b}/ready")).status_code for b in bases]
         problems = [p.log() for p in procs if "Traceback" in p.log()]
 
     healthy_ports = {m.port for m in healthy}
@@ -294,13 +315,14 @@ async def test_checks_through_a_master_failover_under_load(
             expected = LIMIT + (CUT if port == victim.port else 0)
             assert admitted[key] == expected, (port == victim.port, key, admitted[key])
     assert opened == [0, 0]  # the dead node's circuit was dropped with its lane
+    assert ready_after == [200, 200]
     assert problems == []
     print(  # the figures of docs/operations.md (pytest -s)
         f"\nfailover: kill->promotion {promoted_at - killed_at:.2f}s, "
         f"kill->last 503 {last_503 - killed_at:.2f}s, "
         f"promotion->last 503 {last_503 - promoted_at:.2f}s, "
         f"503s {outage[503]}, cut {killed_at - cut_at:.2f}s, "
-        f"answers {len(answers.rows)}"
+        f"answers {len(answers.rows)}, /ready {dict(ready)}"
     )
 
 
