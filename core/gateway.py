@@ -26,6 +26,7 @@ through :meth:`Gateway.call`.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -217,6 +218,7 @@ class Gateway:
         except Exception as exc:
             if is_unavailable(exc):
                 self._count_error(what)
+                self._refresh()
                 raise _unavailable(what, exc) from exc
             raise
         finally:
@@ -453,6 +455,13 @@ class Gateway:
             with suppress(Exception):  # no node answers: the next failure tries again
                 await cluster.nodes_manager.initialize()
                 self._prune()
+                # redis-py asks one node (COMMAND GETKEYS) where the keys of XREADGROUP
+                # and the like are, before its own error handling: while that node is
+                # down every such command fails, for good. Ask another master from now on
+                # (a refresh follows every failure, so a dead one is soon left behind).
+                primaries = cluster.get_primaries()
+                if primaries:
+                    cluster.commands_parser.node = random.choice(primaries)  # noqa: S311
         finally:
             self.refreshes += 1
             self._refreshed_at = time.monotonic()

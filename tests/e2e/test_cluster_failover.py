@@ -85,6 +85,7 @@ def cluster_env(cluster: LocalCluster, prefix: str, **extra: str) -> dict[str, s
 
 def keys_on(master: ClusterNode, count: int, stem: str) -> list[str]:
     """``count`` rate-limit keys whose hash slot (their own tag) ``master`` owns."""
+    assert master.slots, master
     found = []
     for i in itertools.count():
         key = f"{stem}-{i}"
@@ -225,7 +226,7 @@ async def test_checks_through_a_master_failover_under_load(
     replicated: LocalCluster, prefix: str, tmp_path: Path
 ) -> None:
     cluster = replicated
-    masters = [n for n in cluster.topology() if n.is_master]
+    masters = cluster.masters_now()
     victim = next(m for m in masters if not m.owns(key_slot(prefix.encode())))
     healthy = [m for m in masters if m is not victim]
     load_keys = {k: m.port for m in masters for k in keys_on(m, 4, f"load{m.port}")}
@@ -259,13 +260,22 @@ async def test_checks_through_a_master_failover_under_load(
             with replica_cut_off(cluster, victim) as replica:
                 count(await spend(http, bases, all_exact, CUT), {200})
             killed_at = time.monotonic()
+            slot = key_slot(exact[victim.port][0].encode())
+            promotions: list[float] = []
 
+            async def watch() -> None:
+                promotions.append(await promoted(cluster, slot, replica.port))
+
+            tg.start_soon(watch)
             # The victim's keys fail (FAILURE_POLICY=closed: 503) until the promotion;
             # the healthy masters' keys keep deciding: their limits are reached exactly.
             healthy_exact = [k for m in healthy for k in exact[m.port]]
             count(await spend(http, bases, healthy_exact, 2 * LIMIT), {200, 429})
-            slot = key_slot(exact[victim.port][0].encode())
-            promoted_at = await promoted(cluster, slot, replica.port)
+
+            async def promotion() -> float | None:
+                return promotions[0] if promotions else None
+
+            promoted_at = await until(promotion, 45)
 
             async def victim_answers() -> bool:
                 recent = answers.between(time.monotonic() - 0.3, time.monotonic(), victim.port)
@@ -361,9 +371,15 @@ async def audited(door: Gateway, keys: KeySpace) -> list[AuditEvent]:
 async def test_config_keeps_applying_through_the_failover_of_the_streams_master(
     replicated: LocalCluster, prefix: str, door: Gateway, tmp_path: Path
 ) -> None:
-    cluster, keys = replicated, KeySpace(prefix)
-    masters = [n for n in cluster.topology() if n.is_master]
-    victim = next(m for m in masters if m.owns(key_slot(prefix.encode())))  # the streams'
+    cluster, masters = replicated, replicated.masters_now()
+    # The streams on the master of slot 0, which redis-py makes every client's default
+    # node: the one it asks where the keys of XREADGROUP are (see Gateway._refresh_layout).
+    victim = cluster.master_of(0)
+    assert door.client.get_default_node().port == victim.port  # type: ignore[attr-defined]
+    prefix = next(
+        p for p in (f"{prefix}{i}" for i in itertools.count()) if victim.owns(key_slot(p.encode()))
+    )
+    keys = KeySpace(prefix)
     names = {m.port: keys_on(m, KEYS_PER_MASTER, f"cfg{m.port}") for m in masters}
     on_victim = set(names[victim.port])
     first: list[KeyEvent] = [
@@ -435,6 +451,10 @@ async def test_config_keeps_applying_through_the_failover_of_the_streams_master(
         assert worker.proc is not None
         assert worker.proc.poll() is None  # the same process throughout
         log = worker.log()
+    except BaseException:
+        tail = "\n".join(worker.log().splitlines()[-40:])
+        print(f"worker log (end):\n{tail}")  # shown with the failure
+        raise
     finally:
         worker.stop()
     assert "Traceback" not in log

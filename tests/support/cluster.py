@@ -44,6 +44,10 @@ def _cli() -> str:
     return cli
 
 
+class _PortTakenError(AssertionError):
+    """A node could not start on its port."""
+
+
 @dataclass(frozen=True)
 class ClusterNode:
     """One line of ``CLUSTER NODES``."""
@@ -92,6 +96,18 @@ class LocalCluster:
         return self.nodes[0].url
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
+        # Ports are free when chosen, not reserved: a process started meanwhile (another
+        # test run on the machine) can take one first. Then pick new ports and try again.
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTakenError:
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> LocalCluster:
         binary = server_binary()
         count = self.masters * (1 + self.replicas)
         for port in _cluster_ports(count):
@@ -111,7 +127,12 @@ class LocalCluster:
                     # Replicas sync at once (the default waits 5 s for more replicas).
                     "--repl-diskless-sync-delay", "0",
                 ]  # fmt: skip
-            self.nodes.append(RedisProcess(binary=binary, port=port, extra=extra).start())
+            node = RedisProcess(binary=binary, port=port, extra=extra)
+            self.nodes.append(node)
+            try:
+                node.start()
+            except AssertionError as exc:  # exited at start: its port was taken
+                raise _PortTakenError(str(exc)) from exc
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         replicas = ["--cluster-replicas", str(self.replicas)]
         subprocess.run(
@@ -128,8 +149,14 @@ class LocalCluster:
         raise AssertionError("cluster did not reach cluster_state:ok")
 
     def _ready(self, node: RedisProcess) -> bool:
-        """The node sees an ok cluster, and a replica has synced with its master."""
+        """The node sees an ok cluster with every node in its role, and a replica has
+        synced with its master."""
         if "cluster_state:ok" not in self.cli(node.port, "cluster", "info"):
+            return False
+        seen = _parse_nodes(self.cli(node.port, "cluster", "nodes"))
+        if len([n for n in seen if n.is_master and n.slots]) != self.masters:
+            return False
+        if len([n for n in seen if "slave" in n.flags]) != self.masters * self.replicas:
             return False
         info = self.cli(node.port, "info", "replication")
         return "role:master" in info or "master_link_status:up" in info
@@ -157,6 +184,10 @@ class LocalCluster:
             if reply.strip():
                 return _parse_nodes(reply)
         raise AssertionError("no node answers CLUSTER NODES")
+
+    def masters_now(self) -> list[ClusterNode]:
+        """The masters that own slots, as a node that answers sees them."""
+        return [n for n in self.topology() if n.is_master and n.slots]
 
     def master_of(self, slot: int, port: int | None = None) -> ClusterNode:
         return next(n for n in self.topology(port) if n.is_master and n.owns(slot))
