@@ -248,9 +248,10 @@ async def test_checks_through_a_master_failover_under_load(
         bases = [p.base_url for p in procs]
         async with (
             httpx.AsyncClient(limits=limits, timeout=30) as http,
+            httpx.AsyncClient(limits=limits, timeout=30) as background,  # a pool of its own
             anyio.create_task_group() as tg,
         ):
-            tg.start_soon(load, http, bases, load_keys, answers, stop)
+            tg.start_soon(load, background, bases, load_keys, answers, stop)
             tg.start_soon(readiness, http, bases, ready, stop)
             all_exact = [k for ks in exact.values() for k in ks]
             count(await spend(http, bases, all_exact, HALF), {200})
