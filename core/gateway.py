@@ -14,11 +14,11 @@ On a cluster that loses a master, the layout is re-read (``CLUSTER SLOTS``) when
 fails (a script or a redis-py command), while a node's circuit is open and on ``MOVED``:
 at most one refresh in flight and at most one every :data:`REFRESH_EVERY_S`, so a promoted
 replica is found within about that time and a dead node's keys cannot start a refresh
-storm. A refresh leaves the lanes of
-healthy nodes alone and closes only idle lanes of nodes that no longer own slots. A call
-answered ``MOVED`` is sent again on the new owner's lane (no task, no second client),
-at most :data:`MAX_HOPS` times; ``ASK`` (a slot being migrated) goes through redis-py, at
-most :data:`MAX_ASKING` calls at once, so a redirect storm cannot grow memory.
+storm. A refresh leaves the lanes of healthy nodes alone and closes only idle lanes of
+nodes that no longer own slots. A call answered ``MOVED`` is sent again on the new owner's
+lane (no task, no second client), at most :data:`MAX_HOPS` times; ``ASK`` (a slot being
+migrated) goes through redis-py, at most :data:`MAX_ASKING` calls at once, so a redirect
+storm cannot grow memory.
 
 Everything else (streams, Pub/Sub, probes) uses :attr:`Gateway.client`, redis-py's client,
 through :meth:`Gateway.call`.
