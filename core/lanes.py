@@ -43,7 +43,7 @@ ReplyError = hiredis.ReplyError
 class Call:
     """One script call waiting for its reply."""
 
-    __slots__ = ("args", "by_source", "future", "keys", "script")
+    __slots__ = ("args", "by_source", "future", "hops", "keys", "script")
 
     def __init__(
         self, script: Script, keys: list[str], args: list[Any], future: asyncio.Future[Any]
@@ -53,6 +53,7 @@ class Call:
         self.args = args
         self.future = future
         self.by_source = False
+        self.hops = 0  #: cluster redirects followed so far
 
     @property
     def done(self) -> bool:
@@ -142,6 +143,11 @@ class Lane:
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.writes = 0  #: round trips started (fewer than calls under concurrency)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, in flight or connecting: the lane can be closed losing nothing."""
+        return not self._queue and not self._sent and self._connecting is None
 
     def submit(self, call: Call) -> None:
         """Queue ``call``; it is written at the end of this turn of the event loop."""

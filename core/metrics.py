@@ -64,7 +64,7 @@ class Metrics:
         )
         self.circuit_open = Gauge(
             "throttler_circuit_open",
-            "1 while the Redis circuit breaker is open (calls fail fast), else 0.",
+            "Open Redis circuit breakers, one per node (calls to it fail fast); 0 if none.",
             registry=r,
         )
         self.config_changes = Counter(
