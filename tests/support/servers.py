@@ -64,13 +64,16 @@ class RedisProcess:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="thr-redis-")))
+    #: A config file, given first (a Sentinel needs one it can rewrite).
+    config: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args = [self.binary, *([str(self.config)] if self.config else [])]
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.workdir), *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
