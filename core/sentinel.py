@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["is_primary", "sentinel_client"]
 
 
-class _PrimaryPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+class _PrimaryPool(SentinelConnectionPool, BlockingConnectionPool):
     """The Sentinel pool, blocking (as the plain pool of :func:`core.gateway.make_client`):
     past ``max_connections`` a command waits for a free connection rather than failing.
     Closing it closes the Sentinel connections it asked through too."""
@@ -66,10 +66,10 @@ def sentinel_client(settings: Settings, url: str, options: dict[str, Any]) -> Re
     }
     if target.tls:
         sentinel_options.update(ssl=True, **tls)
-    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
     node_options = {k: v for k, v in options.items() if k != "max_connections"}
     node_options.update(extra)
-    pool = _PrimaryPool(
+    pool = _PrimaryPool(  # type: ignore[no-untyped-call]
         target.service,
         manager,
         max_connections=pool_size,
@@ -88,7 +88,7 @@ async def is_primary(client: Redis) -> bool:
     A connection to a demoted primary would still answer PING; when it is one, the pool's
     idle connections are dropped so that the next ones ask the Sentinels again.
     """
-    role: Any = await client.execute_command("ROLE")
+    role: Any = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
     name = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
     if name == "master":
         return True

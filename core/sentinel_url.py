@@ -70,7 +70,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             f"(sentinel monitor <service> ...): {_SHAPE}"
         )
     if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
-        raise SettingsError(f"REDIS_URL database (after the service name) must be a number: {_SHAPE}")
+        raise SettingsError(
+            f"REDIS_URL database (after the service name) must be a number: {_SHAPE}"
+        )
     return SentinelTarget(
         sentinels=sentinels,
         service=unquote(segments[0]),

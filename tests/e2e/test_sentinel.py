@@ -78,7 +78,8 @@ def _answer(api: str, policy: str, began: float, resp: httpx.Response) -> Answer
         degraded = resp.status_code == 200 and resp.headers.get("x-ratelimit-enforced") == "false"
         normal = resp.status_code in (200, 429) and not degraded
     detail = "" if (degraded or normal) else resp.text[:200]
-    return Answer(api, began, ended, resp.status_code if degraded or normal else -1, degraded, detail)
+    status = resp.status_code if degraded or normal else -1
+    return Answer(api, began, ended, status, degraded, detail)
 
 
 class Load:
@@ -112,7 +113,8 @@ class Load:
             while not self._stop.is_set():
                 began = time.monotonic()
                 try:
-                    answer = _answer(name, policy, began, http.post(f"/rate-limit/{self.key}/check"))
+                    resp = http.post(f"/rate-limit/{self.key}/check")
+                    answer = _answer(name, policy, began, resp)
                 except httpx.HTTPError as exc:
                     answer = Answer(name, began, time.monotonic(), 0, False, repr(exc))
                 with self._lock:
@@ -199,28 +201,26 @@ def test_primary_killed_under_load_replica_promoted_clients_follow(
 
         wrong = [a for a in answers if a.status <= 0]
         assert not wrong, f"answers neither normal nor by FAILURE_POLICY: {wrong[:5]}"
-        for api in targets:
-            degraded = [a for a in answers if a.api == api and a.degraded]
-            assert degraded, f"{api}: no check met the failover (nothing was tested)"
-            assert min(a.ended for a in degraded) >= killed, f"{api}: degraded before the kill"
+        for name in targets:
+            mine = [a for a in answers if a.api == name]
+            degraded = [a for a in mine if a.degraded]
+            assert degraded, f"{name}: no check met the failover (nothing was tested)"
+            assert min(a.ended for a in degraded) >= killed, f"{name}: degraded before the kill"
             last = max(a.began for a in degraded)
-            first_ok = min(
-                (a.ended for a in answers if a.api == api and not a.degraded and a.began > last),
-                default=float("inf"),
-            )
+            first_ok = min((a.ended for a in mine if a.began > last), default=float("inf"))
             print(  # the figures docs/operations.md quotes (pytest -s shows them)
-                f"\n{api}: promotion seen {promoted - killed:.2f} s after the kill; "
+                f"\n{name}: promotion seen {promoted - killed:.2f} s after the kill; "
                 f"last FAILURE_POLICY answer began {last - promoted:+.2f} s from it; "
                 f"normal again {first_ok - promoted:+.2f} s from it; "
-                f"{len(degraded)} of {sum(a.api == api for a in answers)} checks degraded"
+                f"{len(degraded)} of {len(mine)} checks degraded"
             )
-            assert last - promoted < RECOVERY_BOUND_S, f"{api}: degraded too long after promotion"
+            assert last - promoted < RECOVERY_BOUND_S, f"{name}: degraded too long after promotion"
 
         # Nothing was restarted: the same processes, ready, on the new primary.
         for service, api in ((closed, api_a), (opened, api_b)):
             assert service.proc is not None
             assert service.proc.poll() is None
-            _wait("/ready", 30, lambda api=api: api.get("/ready").status_code == 200)  # type: ignore[misc]
+            _wait("/ready", 30, lambda api=api: api.get("/ready").status_code == 200)
 
         # Config changes after the failover are applied (201: read back once applied).
         exact = {"requests": 15, "window_ms": 60000}
@@ -230,7 +230,7 @@ def test_primary_killed_under_load_replica_promoted_clients_follow(
             _wait(
                 "the new limit applied",
                 30,
-                lambda api=api: api.get("/rate-limit/exact").json().get("limit") == 15,  # type: ignore[misc]
+                lambda api=api: api.get("/rate-limit/exact").json().get("limit") == 15,
             )
 
         # Exactness afterwards: 40 concurrent checks over both processes admit exactly 15.

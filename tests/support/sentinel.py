@@ -103,7 +103,7 @@ class LocalSentinel:
     def _ask(self, sentinel: RedisProcess, *command: str) -> Any:
         client = redis.Redis(port=sentinel.port, password=self.sentinel_password, socket_timeout=5)
         with client:
-            return client.execute_command("SENTINEL", *command)
+            return client.execute_command("SENTINEL", *command)  # type: ignore[no-untyped-call]
 
     def _linked(self, replica: RedisProcess) -> bool:
         with contextlib.suppress(redis.RedisError), self.client(replica) as client:
