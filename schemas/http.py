@@ -193,7 +193,7 @@ class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
     requests: Requests | msgspec.UnsetType = msgspec.UNSET
     window_ms: WindowMs | msgspec.UnsetType = msgspec.UNSET
     algorithm: Algorithm | msgspec.UnsetType = msgspec.UNSET
-    burst: Burst | None | msgspec.UnsetType = msgspec.UNSET
+    burst: Burst | msgspec.UnsetType | None = msgspec.UNSET
     limits: Limits | msgspec.UnsetType = msgspec.UNSET
     shadow: Shadow | msgspec.UnsetType = msgspec.UNSET
 
