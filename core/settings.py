@@ -86,7 +86,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             _check_redis_url(self.redis_url)
             if self.redis_cluster and is_sentinel_url(self.redis_url):
                 raise SettingsError(
-                    "REDIS_CLUSTER=true cannot be used with a redis+sentinel:// REDIS_URL "
+                    "REDIS_CLUSTER must be false with a redis+sentinel:// REDIS_URL "
                     "(a Cluster fails over by itself; Sentinel watches a primary and replicas)"
                 )
 
