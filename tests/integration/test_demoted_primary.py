@@ -69,9 +69,7 @@ async def test_a_readonly_reply_drops_the_lane_connection(
         await gateway.aclose()
 
 
-async def test_only_a_primary_counts_as_reachable(
-    own_redis: RedisProcess, watcher: Redis
-) -> None:
+async def test_only_a_primary_counts_as_reachable(own_redis: RedisProcess, watcher: Redis) -> None:
     primary = Redis.from_url(own_redis.url)
     try:
         assert await is_primary(primary)
