@@ -279,3 +279,50 @@ def _applied_after_resubscribe(api: httpx.Client) -> str:
             return key
         assert resp.status_code == 202, resp.text
         assert time.monotonic() < deadline, "no config change answered 201 after the failover"
+
+
+def test_switchover_the_demoted_primary_stays_up_and_nobody_writes_to_it(
+    sentinel: LocalSentinel, prefix: str, tmp_path: Path
+) -> None:
+    """`SENTINEL FAILOVER`: the old primary lives on as a replica. A client that reconnected
+    to the address it knew would meet READONLY forever; this one asks the Sentinels."""
+    service = ServiceProcess(
+        {**sentinel.env, "KEY_PREFIX": prefix, "WORKER_METRICS_PORT": "0", "WORKER_BLOCK_MS": "200"}
+    )
+    with running([service], tmp_path), httpx.Client(base_url=service.base_url, timeout=10) as api:
+        limit = {"requests": 5, "window_ms": 60000}
+        assert api.post("/rate-limit/switch", json=limit).status_code == 201
+        assert api.post("/rate-limit/switch/check").json()["remaining"] == 4
+        old = sentinel.primary()
+        _wait("the replica in sync", 30, lambda: sentinel.synced())
+
+        def failover() -> bool:
+            with (
+                contextlib.suppress(redis.ResponseError),  # NOGOODSLAVE until it is known good
+                redis.Redis(
+                    port=sentinel.sentinels[0].port, password=sentinel.sentinel_password
+                ) as client,
+            ):
+                return bool(client.execute_command("SENTINEL", "FAILOVER", sentinel.service))
+            return False
+
+        _wait("Sentinel to accept the failover", 30, failover)
+        _wait("a Sentinel to name a new primary", 60, lambda: _promoted(sentinel, old.port))
+        with sentinel.client(old) as demoted:
+            _wait("the old primary to be a replica", 30, lambda: demoted.role()[0] == b"slave")
+
+        def spends() -> bool:
+            resp = api.post("/rate-limit/switch/check")
+            return resp.status_code == 200 and resp.json()["remaining"] < 4
+
+        _wait("checks on the new primary", RECOVERY_BOUND_S + 30, spends)
+        assert api.get("/ready").status_code == 200
+        # Config changes go to the new primary too.
+        _wait(
+            "a config change applied after the switchover",
+            30,
+            lambda: api.post("/rate-limit/after", json=limit).status_code == 201,
+        )
+        assert service.proc is not None
+        assert service.proc.poll() is None
+    assert not [line for line in service.log().splitlines() if "Traceback" in line]

@@ -89,6 +89,10 @@ class LocalSentinel:
         primary = self.primary()
         return next(n for n in self.nodes if n is not primary)
 
+    def synced(self) -> bool:
+        """The replica of the current primary is linked and in sync."""
+        return self._linked(self.replica())
+
     def client(self, node: RedisProcess) -> redis.Redis:
         return redis.Redis(port=node.port, password=self.password, socket_timeout=5)
 
