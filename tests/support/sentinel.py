@@ -29,6 +29,8 @@ class LocalSentinel:
     sentinel_password: str = "sentinel-secret"  # requirepass of the Sentinels
     down_after_ms: int = 1000
     failover_timeout_ms: int = 3000
+    #: A folder with ca.crt, server.crt and server.key: every node speaks TLS only.
+    tls: Path | None = None
     nodes: list[RedisProcess] = field(default_factory=list)
     sentinels: list[RedisProcess] = field(default_factory=list)
 
@@ -36,20 +38,40 @@ class LocalSentinel:
     def url(self) -> str:
         """``REDIS_URL`` for the service: the Sentinels, the service name, the nodes' password."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://:{self.password}@{hosts}/{self.service}/0"
+        if self.tls is None:
+            return f"redis+sentinel://:{self.password}@{hosts}/{self.service}/0"
+        ca = self.tls / "ca.crt"
+        return f"rediss+sentinel://:{self.password}@{hosts}/{self.service}/0?ssl_ca_certs={ca}"
 
     @property
     def env(self) -> dict[str, str]:
         return {"REDIS_URL": self.url, "REDIS_SENTINEL_PASSWORD": self.sentinel_password}
 
+    def _process(self, binary: str, extra: list[str], **options: Any) -> RedisProcess:
+        proc = RedisProcess(binary=binary, **options)
+        proc.extra = [*extra, *self._tls_args(proc.port)]
+        proc.tls_ca = self.tls / "ca.crt" if self.tls else None
+        return proc
+
+    def _tls_args(self, port: int) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(self.tls / "server.crt"),
+            "--tls-key-file", str(self.tls / "server.key"),
+            "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+            "--tls-auth-clients", "no",
+            "--tls-replication", "yes",
+        ]  # fmt: skip
+
     def start(self, timeout: float = 30.0) -> LocalSentinel:
         binary = server_binary()
         auth = ["--requirepass", self.password, "--masterauth", self.password]
-        primary = RedisProcess(binary=binary, extra=auth).start()
+        primary = self._process(binary, auth).start()
         self.nodes.append(primary)
-        replica = RedisProcess(
-            binary=binary, extra=[*auth, "--replicaof", "127.0.0.1", str(primary.port)]
-        )
+        replica = self._process(binary, [*auth, "--replicaof", "127.0.0.1", str(primary.port)])
         self.nodes.append(replica.start())
         self._wait(timeout, "the replica in sync", lambda: self._linked(replica))
         for _ in range(3):
@@ -63,9 +85,7 @@ class LocalSentinel:
                 f"requirepass {self.sentinel_password}\n"
                 f"sentinel sentinel-pass {self.sentinel_password}\n"
             )
-            sentinel = RedisProcess(
-                binary=binary, workdir=workdir, config=config, extra=["--sentinel"]
-            )
+            sentinel = self._process(binary, ["--sentinel"], workdir=workdir, config=config)
             self.sentinels.append(sentinel.start())
         self._wait(timeout, "the Sentinels to see each other and the replica", self._watching)
         return self
@@ -93,8 +113,12 @@ class LocalSentinel:
         """The replica of the current primary is linked and in sync."""
         return self._linked(self.replica())
 
-    def client(self, node: RedisProcess) -> redis.Redis:
-        return redis.Redis(port=node.port, password=self.password, socket_timeout=5)
+    def client(self, node: RedisProcess, password: str | None = None) -> redis.Redis:
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls / "ca.crt")}
+        secret = password or self.password
+        return redis.Redis(port=node.port, password=secret, socket_timeout=5, **tls)
 
     def close(self) -> None:
         for proc in [*self.sentinels, *self.nodes]:
@@ -105,9 +129,8 @@ class LocalSentinel:
     # -- waiting ---------------------------------------------------------------------
 
     def _ask(self, sentinel: RedisProcess, *command: str) -> Any:
-        client = redis.Redis(port=sentinel.port, password=self.sentinel_password, socket_timeout=5)
-        with client:
-            return client.execute_command("SENTINEL", *command)  # type: ignore[no-untyped-call]
+        with self.client(sentinel, self.sentinel_password) as client:
+            return client.execute_command("SENTINEL", *command)
 
     def _linked(self, replica: RedisProcess) -> bool:
         with contextlib.suppress(redis.RedisError), self.client(replica) as client:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -66,6 +67,8 @@ class RedisProcess:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="thr-redis-")))
     #: A config file, given first (a Sentinel needs one it can rewrite).
     config: Path | None = None
+    #: The CA of a server that speaks TLS only (``extra`` has its ``--tls-*`` options).
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
@@ -81,7 +84,8 @@ class RedisProcess:
             assert self.proc.poll() is None, f"{self.binary} exited at start"
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock,
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw,
+                self._wrap(raw) as sock,
             ):
                 sock.sendall(b"PING\r\n")
                 reply = sock.recv(64)
@@ -89,6 +93,12 @@ class RedisProcess:
                     return self
             time.sleep(0.02)
         raise AssertionError(f"{self.binary} did not answer on port {self.port}")
+
+    def _wrap(self, sock: socket.socket) -> socket.socket:
+        if self.tls_ca is None:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.tls_ca))
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
