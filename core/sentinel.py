@@ -56,6 +56,10 @@ def sentinel_client(settings: Settings, url: str, options: dict[str, Any]) -> Re
     extra: dict[str, Any] = dict(parse_url(f"redis://_/?{target.query}")) if target.query else {}
     extra.pop("host", None)
     pool_size = extra.pop("max_connections", options["max_connections"])
+    # As in a redis:// URL, a query value wins over the same thing elsewhere in the URL.
+    db = extra.pop("db", target.db)
+    username = extra.pop("username", target.username)
+    password = extra.pop("password", target.password)
     tls = {k: v for k, v in extra.items() if k.startswith("ssl")}
     sentinel_options: dict[str, Any] = {
         "socket_timeout": options["socket_connect_timeout"],
@@ -73,9 +77,9 @@ def sentinel_client(settings: Settings, url: str, options: dict[str, Any]) -> Re
         target.service,
         manager,
         max_connections=pool_size,
-        db=target.db,
-        username=target.username,
-        password=target.password,
+        db=db,
+        username=username,
+        password=password,
         ssl=target.tls,
         **node_options,
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from core.errors import SettingsError
+from core.gateway import make_client
 from core.sentinel_url import SentinelTarget, is_sentinel_url, parse_sentinel_url
 from core.settings import load_settings, redact_url
 
@@ -92,3 +95,39 @@ def test_a_cluster_cannot_be_found_through_sentinel() -> None:
 def test_the_password_is_redacted_in_logs() -> None:
     url = "redis+sentinel://app:node-pw@s1:26379,s2:26379/primary/0"
     assert redact_url(url) == "redis+sentinel://app:***@s1:26379,s2:26379/primary/0"
+
+
+async def _built(url: str, **env: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """The data connections' options, each Sentinel's, and the service name, of the client
+    the gateway makes for ``url`` (nothing is connected)."""
+    client = make_client(load_settings({"REDIS_URL": url, **env}, env_file=None))
+    pool: Any = client.connection_pool
+    sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    built = (dict(pool.connection_kwargs), sentinels, pool.service_name)
+    await client.aclose()
+    return built
+
+
+@pytest.mark.anyio
+async def test_node_and_sentinel_credentials_stay_apart() -> None:
+    nodes, sentinels, service = await _built(
+        "redis+sentinel://app:node-pw@s1:26380,s2/primary/2",
+        REDIS_SENTINEL_USERNAME="watcher",
+        REDIS_SENTINEL_PASSWORD="sentinel-pw",
+        REDIS_TIMEOUT_MS="250",
+    )
+    assert service == "primary"
+    assert (nodes["username"], nodes["password"], nodes["db"]) == ("app", "node-pw", 2)
+    assert [(s["host"], s["port"]) for s in sentinels] == [("s1", 26380), ("s2", 26379)]
+    for options in sentinels:
+        assert (options["username"], options["password"]) == ("watcher", "sentinel-pw")
+        assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.25
+
+
+@pytest.mark.anyio
+async def test_tls_and_query_options_reach_both_kinds_of_node() -> None:
+    nodes, sentinels, _ = await _built(
+        "rediss+sentinel://:pw@s1/primary/0?ssl_ca_certs=/ca.pem&db=4"
+    )
+    assert (nodes["ssl_ca_certs"], nodes["db"]) == ("/ca.pem", 4)
+    assert all(s["ssl_ca_certs"] == "/ca.pem" for s in sentinels)
