@@ -27,7 +27,14 @@ from litestar.openapi.spec import (
 from api.docs_ui import OfflineSwaggerUI
 from core.version import VERSION
 from schemas.http import BatchItem, BatchRequest, CheckRequest, LimitBody
-from schemas.limits import KEY_PATTERN, MAX_SLIDING_REQUESTS, PATTERN_PATTERN, Limit, Policy
+from schemas.limits import (
+    KEY_PATTERN,
+    MAX_SLIDING_REQUESTS,
+    MAX_WINDOW_MS,
+    PATTERN_PATTERN,
+    Limit,
+    Policy,
+)
 
 if TYPE_CHECKING:
     import msgspec
@@ -145,6 +152,16 @@ _LIMIT_RULES = [
         schema_if=_SLIDING,
         then=Schema(properties={"requests": Schema(maximum=MAX_SLIDING_REQUESTS)}),
     ),
+    Schema(
+        schema_if=Schema(required=["calendar"]),
+        then=Schema(
+            properties={
+                "algorithm": Schema(const="fixed_window"),
+                "window_ms": Schema(const=MAX_WINDOW_MS),
+            },
+            required=["algorithm"],
+        ),
+    ),
 ]
 
 
@@ -165,7 +182,7 @@ _INLINE_RULES = [
     _given("algorithm", _STRING, "requests", "window_ms"),
     _given("burst", _INTEGER, "requests", "window_ms"),
 ]
-_SINGLE = ("requests", "window_ms", "algorithm", "burst")
+_SINGLE = ("requests", "window_ms", "algorithm", "burst", "calendar")
 #: A key's limits: one limit, or ``limits`` (with ``shadow``), never both.
 _BODY_RULES = [
     Schema(

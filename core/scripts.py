@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from schemas.limits import ALGORITHMS, Limit
 
 if TYPE_CHECKING:
@@ -43,6 +45,12 @@ _CHECK_PARTS = (
     "decide.lua",
 )
 _ALG_INDEX = {name: i + 1 for i, name in enumerate(ALGORITHMS)}
+#: The scripts' code of a fixed window that is a UTC calendar month (``calendar: "month"``).
+_MONTH = 5
+
+
+def _code(limit: Limit) -> int:
+    return _ALG_INDEX[limit.algorithm] if limit.calendar is msgspec.UNSET else _MONTH
 
 
 def _read(name: str) -> str:
@@ -66,7 +74,7 @@ def limit_args(limits: Sequence[Limit]) -> list[int]:
     """``k`` and 4 integers per limit, as the check scripts take the limits they are given."""
     out = [len(limits)]
     for limit in limits:
-        out += [_ALG_INDEX[limit.algorithm], limit.requests, limit.window_ms, limit.burst or 0]
+        out += [_code(limit), limit.requests, limit.window_ms, limit.burst or 0]
     return out
 
 
@@ -76,9 +84,7 @@ _SHADOW = "S;"
 def encode_limits(limits: Sequence[Limit], *, shadow: bool = False) -> str:
     """A key's own limits as its hash stores them: ``alg,requests,window_ms,burst;...``,
     after ``S;`` in shadow mode."""
-    text = ";".join(
-        f"{_ALG_INDEX[x.algorithm]},{x.requests},{x.window_ms},{x.burst or 0}" for x in limits
-    )
+    text = ";".join(f"{_code(x)},{x.requests},{x.window_ms},{x.burst or 0}" for x in limits)
     return _SHADOW + text if shadow else text
 
 
@@ -88,7 +94,10 @@ def decode_limits(text: str) -> tuple[tuple[Limit, ...], bool]:
     out = []
     for part in text.removeprefix(_SHADOW).split(";"):
         alg, requests, window_ms, burst = (int(v) for v in part.split(","))
-        out.append(Limit(requests, window_ms, ALGORITHMS[alg - 1], burst or None))
+        if alg == _MONTH:
+            out.append(Limit(requests, window_ms, "fixed_window", calendar="month"))
+        else:
+            out.append(Limit(requests, window_ms, ALGORITHMS[alg - 1], burst or None))
     return tuple(out), shadow
 
 

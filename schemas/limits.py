@@ -17,6 +17,7 @@ __all__ = [
     "PATTERN_PATTERN",
     "POLICY_NAME_PATTERN",
     "Algorithm",
+    "Calendar",
     "KeyLimits",
     "Limit",
     "Limits",
@@ -71,16 +72,35 @@ Burst = Annotated[
     ),
 ]
 
+Calendar = Annotated[
+    Literal["month"],
+    msgspec.Meta(
+        description="fixed_window only: windows are UTC calendar months (a quota that resets "
+        f"at 00:00 UTC on the 1st); window_ms must then be {MAX_WINDOW_MS} (31 days, the "
+        "longest month)."
+    ),
+]
+
 
 class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
-    """``requests`` per ``window_ms`` under ``algorithm``; ``burst`` for buckets and GCRA."""
+    """``requests`` per ``window_ms`` under ``algorithm``; ``burst`` for buckets and GCRA;
+    ``calendar: "month"`` for a fixed window that is a UTC calendar month."""
 
     requests: Requests
     window_ms: WindowMs
     algorithm: Algorithm = "token_bucket"
     burst: Burst | None = None
+    calendar: Calendar | msgspec.UnsetType = msgspec.UNSET  # never encoded when unset
 
     def __post_init__(self) -> None:
+        if self.calendar is not msgspec.UNSET:
+            if self.algorithm != "fixed_window":
+                raise ValueError(f"calendar applies to fixed_window, not {self.algorithm}")
+            if self.window_ms != MAX_WINDOW_MS:
+                raise ValueError(
+                    f"a calendar month window is given as window_ms {MAX_WINDOW_MS} "
+                    f"(31 days, the longest month), not {self.window_ms}"
+                )
         if self.algorithm in ("sliding_window", "fixed_window"):
             if self.burst is not None:
                 raise ValueError(f"burst applies to token_bucket and gcra, not {self.algorithm}")

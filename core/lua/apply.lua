@@ -4,7 +4,7 @@
 -- KEYS[2]  the key's log    <prefix>:{<key>}:l
 -- ARGV[1]  op: "set", "del" or "reset" (clear what was spent; limits and version stay)
 -- ARGV[2]  version: the stream entry id "<ms>-<seq>" of the change, or "" (unversioned)
--- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-4, burst 0 = none),
+-- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-5, burst 0 = none),
 --          after "S;" when they are in shadow mode
 -- ARGV[4]  tombstone TTL in ms: a deleted key keeps its version this long, so an older
 --          change delivered late cannot bring the limit back
@@ -33,7 +33,7 @@ local function compare(a, b)
   return 0
 end
 
-local LETTER = {'t', 's', 'f', 'g'}
+local LETTER = {'t', 's', 'f', 'g', 'm'}
 
 local function limits_of(c)
   local out = {}

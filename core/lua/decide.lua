@@ -1,6 +1,6 @@
 -- decide: one key's decision over all its limits (the contract is in the header above).
-local LETTER = {'t', 's', 'f', 'g'}
-local SIMPLE = {token_bucket, nil, fixed_window, gcra}
+local LETTER = {'t', 's', 'f', 'g', 'm'}
+local SIMPLE = {token_bucket, nil, fixed_window, gcra, calendar_month}
 
 -- "alg,requests,window_ms,burst;..." -> {alg, requests, window_ms, burst, alg, ...}
 -- (a leading "S;" marks shadow mode: decided as usual, reported by the caller)
