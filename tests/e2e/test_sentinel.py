@@ -238,6 +238,8 @@ def test_primary_killed_under_load_replica_promoted_clients_follow(
             old = sentinel.primary()
             killed = time.monotonic()
             old.stop()  # SIGKILL
+            # Not ready while no primary answers (the Sentinels need a second to notice).
+            _wait("/ready to answer 503", 10, lambda: api_a.get("/ready").status_code == 503)
             _wait("a Sentinel to name a new primary", 60, lambda: _promoted(sentinel, old.port))
             promoted = time.monotonic()
             _wait(
