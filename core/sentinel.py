@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import NoPermissionError
 
 from core.sentinel_url import parse_sentinel_url
 
@@ -90,9 +91,13 @@ async def is_primary(client: Redis) -> bool:
     """True when ``client`` reaches a primary (``ROLE``), not a replica.
 
     A connection to a demoted primary would still answer PING; when it is one, the pool's
-    idle connections are dropped so that the next ones ask the Sentinels again.
+    idle connections are dropped so that the next ones ask the Sentinels again. An ACL
+    user not allowed ``ROLE`` gets the PING answer (docs/operations.md says to allow it).
     """
-    role: Any = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+    try:
+        role: Any = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+    except NoPermissionError:  # an ACL user without +role: a PING is all we may ask
+        return bool(await client.ping())
     name = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
     if name == "master":
         return True

@@ -17,7 +17,7 @@ Every error is one line naming the rule, and never repeats the URL (it may hold 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from core.errors import SettingsError
 
@@ -73,11 +73,14 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise SettingsError(
             f"REDIS_URL database (after the service name) must be a number: {_SHAPE}"
         )
+    tls = scheme == "rediss+sentinel"
+    if not tls and any(name.startswith("ssl") for name in parse_qs(parts.query)):
+        raise SettingsError("REDIS_URL has ssl_* options: use rediss+sentinel:// for TLS")
     return SentinelTarget(
         sentinels=sentinels,
         service=unquote(segments[0]),
         db=int(segments[1]) if len(segments) == 2 else 0,
-        tls=scheme == "rediss+sentinel",
+        tls=tls,
         username=username,
         password=password,
         query=parts.query,

@@ -77,3 +77,16 @@ async def test_only_a_primary_counts_as_reachable(own_redis: RedisProcess, watch
         assert await watcher.ping()  # which PING alone would not have told
     finally:
         await primary.aclose()
+
+
+async def test_an_acl_user_without_role_is_ready_by_ping(own_redis: RedisProcess) -> None:
+    admin = Redis.from_url(own_redis.url)
+    command: Any = admin.execute_command
+    await command("ACL", "SETUSER", "no-role", "on", ">pw", "+ping", "+hello", "+client")
+    limited = Redis.from_url(f"redis://no-role:pw@127.0.0.1:{own_redis.port}/0")
+    try:
+        assert await is_primary(limited)
+    finally:
+        await command("ACL", "DELUSER", "no-role")
+        await limited.aclose()
+        await admin.aclose()

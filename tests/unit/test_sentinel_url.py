@@ -14,7 +14,7 @@ from core.settings import load_settings, redact_url
 
 def test_every_part_of_the_url() -> None:
     target = parse_sentinel_url(
-        "redis+sentinel://app:p%40ss@s1:26380,s2,[::1]:26381/my-primary/3?ssl_ca_certs=/ca.pem"
+        "redis+sentinel://app:p%40ss@s1:26380,s2,[::1]:26381/my-primary/3?socket_keepalive=true"
     )
     assert target == SentinelTarget(
         sentinels=(("s1", 26380), ("s2", 26379), ("::1", 26381)),
@@ -23,7 +23,7 @@ def test_every_part_of_the_url() -> None:
         tls=False,
         username="app",
         password="p@ss",
-        query="ssl_ca_certs=/ca.pem",
+        query="socket_keepalive=true",
     )
 
 
@@ -57,6 +57,7 @@ def test_is_not_sentinel_url(url: str | None) -> None:
         ("redis+sentinel://u:s3cr3t@h1:0/svc", "REDIS_URL Sentinel address 'h1:0' must be"),
         ("redis+sentinel://u:s3cr3t@h1:x/svc", "REDIS_URL Sentinel address 'h1:x' must be"),
         ("redis+sentinel://u:s3cr3t@h1,:26379/svc", "REDIS_URL Sentinel address ':26379' has no"),
+        ("redis+sentinel://u:s3cr3t@h1/svc?ssl_ca_certs=/ca", "REDIS_URL has ssl_* options"),
     ],
 )
 def test_unusable_urls_are_one_line_without_the_password(url: str, message: str) -> None:
