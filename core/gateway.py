@@ -55,6 +55,8 @@ from redis.maint_notifications import MaintNotificationsConfig
 from core.breaker import CircuitBreaker
 from core.errors import RedisUnavailableError
 from core.lanes import Batch, BatchCall, Call, Lane, ReplyError
+from core.sentinel import is_primary, sentinel_client
+from core.sentinel_url import is_sentinel_url
 from core.settings import redact_url
 
 if TYPE_CHECKING:
@@ -157,6 +159,11 @@ def make_client(settings: Settings, url: str | None = None, *, blocking_ms: int 
     if settings.redis_cluster:
         cluster: Any = RedisCluster.from_url(target, **options)
         return cluster  # type: ignore[no-any-return]
+    maint = MaintNotificationsConfig(enabled=False)  # see below
+    if is_sentinel_url(target):  # the primary's address comes from the Sentinels
+        return sentinel_client(
+            settings, target, {**options, "timeout": timeout, "maint_notifications_config": maint}
+        )
     # A blocking pool: past max_connections a call waits (up to the timeout) for a free
     # connection instead of failing at once with "Too many connections".
     # Maintenance notifications (a RESP3 feature of managed Redis offerings) stay off: while
@@ -166,7 +173,7 @@ def make_client(settings: Settings, url: str | None = None, *, blocking_ms: int 
     pool = BlockingConnectionPool.from_url(
         target,
         timeout=timeout,
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        maint_notifications_config=maint,
         **options,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
@@ -193,6 +200,8 @@ class Gateway:
             else None
         )
         self.cluster = isinstance(self.client, RedisCluster)
+        #: The primary is found through Sentinel (``redis+sentinel://``).
+        self.sentinel = is_sentinel_url(url or settings.redis_url)
         self._timeout_s = settings.redis_timeout_ms / 1000
         self._metrics = metrics
         self._breaker_failures = settings.breaker_failures
@@ -231,6 +240,9 @@ class Gateway:
             self._metrics.redis_errors.labels(what).inc()
 
     async def ping(self) -> bool:
+        """Redis answers; through Sentinel, only a primary counts (ROLE)."""
+        if self.sentinel:
+            return await self.call("ping", is_primary, self.client)
         return bool(await self.call("ping", self.client.ping))
 
     async def prepare(self, *, strict: bool = False) -> None:
@@ -400,6 +412,12 @@ class Gateway:
             return None
         if isinstance(parsed, ClusterDownError | RedisConnectionError | TryAgainError):
             self._refresh()
+        if isinstance(parsed, ReadOnlyError | MasterDownError):
+            # A demoted primary (a failover): as a lost connection, so the lane reconnects
+            # to wherever the primary is now (with Sentinel, it asks the Sentinels again).
+            lost = RedisConnectionError(f"{type(parsed).__name__}: {parsed}")
+            lost.__cause__ = parsed
+            return lost
         return parsed
 
     def _moved(self, call: Call, error: MovedError) -> BaseException | None:

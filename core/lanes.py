@@ -14,7 +14,10 @@ lane then owns its socket. What the lane keeps from a connection pool:
 * **dead connections**: the reader sees a closed socket at once, fails what was in flight
   and the next call reconnects; nothing is retried (a script could run twice);
 * **NOSCRIPT** (a restart, a failover, ``SCRIPT FLUSH``): the call is sent again with the
-  script's source (``EVAL``), which cannot meet NOSCRIPT.
+  script's source (``EVAL``), which cannot meet NOSCRIPT;
+* **a server that will not serve this connection** (``on_error`` maps the reply to a
+  connection error: ``READONLY`` from a demoted primary, ``LOADING``): the connection is
+  dropped after that read, so the next call connects afresh (to the new primary).
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ class Lane:
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._stale: BaseException | None = None  # drop the connection after this read
         self.writes = 0  #: round trips started (fewer than calls under concurrency)
 
     @property
@@ -210,6 +214,9 @@ class Lane:
                         call.settle(reply)
                 if again:
                     self._write(again)
+                if self._stale is not None:
+                    error, self._stale = self._stale, None
+                    break
         except (OSError, hiredis.ProtocolError) as exc:
             error = RedisConnectionError(f"Error while reading from Redis: {exc}")
         finally:
@@ -227,6 +234,8 @@ class Lane:
             if mapped is None:
                 return  # the hook took the call over (e.g. a cluster redirect)
             exc = mapped
+        if isinstance(exc, RedisConnectionError):
+            self._stale = exc
         call.fail(exc)
 
     def _watch(self) -> None:

@@ -21,6 +21,7 @@ import msgspec
 from dotenv import dotenv_values
 
 from core.errors import SettingsError
+from core.sentinel_url import is_sentinel_url, parse_sentinel_url
 
 __all__ = ["Settings", "ignored_variables", "load_settings", "redact_url"]
 
@@ -40,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rls_response_headers: Literal["ietf", "x-ratelimit", "off"] = "ietf"
     redis_url: str | None = None
     redis_cluster: bool = False
+    #: Credentials of the Sentinels themselves (a redis+sentinel:// URL's are the nodes').
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = None
     redis_timeout_ms: Millis = 500
     redis_max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     default_capacity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] = 100
@@ -85,6 +89,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             _split_bind(self.rls_bind_address, "RLS_BIND_ADDRESS")
         if self.redis_url is not None:
             _check_redis_url(self.redis_url)
+            if self.redis_cluster and is_sentinel_url(self.redis_url):
+                raise SettingsError(
+                    "REDIS_CLUSTER must be false with a redis+sentinel:// REDIS_URL "
+                    "(a Cluster fails over by itself; Sentinel watches a primary and replicas)"
+                )
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -115,13 +124,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def _check_redis_url(url: str) -> None:
     """Reject a REDIS_URL the client could not use; never echo it (it may hold a password)."""
+    if is_sentinel_url(url):  # several hosts: urlsplit cannot read its port
+        parse_sentinel_url(url)
+        return
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
     except ValueError as exc:
         raise SettingsError(f"REDIS_URL is not a valid URL ({exc})") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        raise SettingsError(
+            "REDIS_URL must start with redis://, rediss://, unix://, redis+sentinel:// "
+            "or rediss+sentinel://"
+        )
     if parts.scheme == "unix":
         if not parts.path:
             raise SettingsError("REDIS_URL unix:// needs a socket path")

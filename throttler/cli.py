@@ -45,7 +45,10 @@ environment (a .env file in the working directory is read too; README.md lists a
   RLS_RESPONSE_HEADERS headers RLS answers ask Envoy to add: ietf (RateLimit-Policy,
                        RateLimit; default), x-ratelimit (X-RateLimit-*), off
   REDIS_URL            redis://[user:password@]host:port/db, rediss:// for TLS; unset:
-                       start an embedded server on loopback (serve only)
+                       start an embedded server on loopback (serve only); a primary
+                       watched by Sentinel: redis+sentinel://[user:password@]
+                       sentinel1:26379,sentinel2:26379/<service>/<db>
+  REDIS_SENTINEL_PASSWORD  the Sentinels' own password (REDIS_SENTINEL_USERNAME: user)
   REDIS_CLUSTER        true to talk to a Redis Cluster (default false)
   REDIS_TIMEOUT_MS     timeout of every Redis call (default 500)
   REDIS_MAX_CONNECTIONS  connections per process (default 64)
