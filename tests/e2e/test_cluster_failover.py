@@ -96,13 +96,25 @@ def keys_on(master: ClusterNode, count: int, stem: str) -> list[str]:
     raise AssertionError("unreachable")
 
 
-def offsets_equal(cluster: LocalCluster, master: int) -> bool:
-    """The master's replica has acknowledged everything the master wrote."""
+def offsets(cluster: LocalCluster, master: int) -> tuple[int, int]:
+    """(what the master has written, what its replica has acknowledged) in bytes of the
+    replication stream."""
     info = cluster.cli(master, "info", "replication")
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     replica = fields.get("slave0", "")
-    acked = dict(p.split("=", 1) for p in replica.split(",") if "=" in p).get("offset")
-    return acked is not None and acked == fields.get("master_repl_offset")
+    acked = dict(p.split("=", 1) for p in replica.split(",") if "=" in p).get("offset", "-1")
+    return int(fields["master_repl_offset"]), int(acked)
+
+
+async def caught_up(cluster: LocalCluster, master: int) -> None:
+    """Wait until the replica has acknowledged everything the master had written when
+    called (later writes, of the background load, may still be in flight)."""
+    written, _ = await anyio.to_thread.run_sync(offsets, cluster, master)
+
+    async def acked() -> bool:
+        return (await anyio.to_thread.run_sync(offsets, cluster, master))[1] >= written
+
+    await until(acked)
 
 
 @contextlib.contextmanager
@@ -255,7 +267,7 @@ async def test_checks_through_a_master_failover_under_load(
             tg.start_soon(readiness, http, bases, ready, stop)
             all_exact = [k for ks in exact.values() for k in ks]
             count(await spend(http, bases, all_exact, HALF), {200})
-            await until(lambda: anyio.to_thread.run_sync(offsets_equal, cluster, victim.port))
+            await caught_up(cluster, victim.port)
 
             cut_at = time.monotonic()
             with replica_cut_off(cluster, victim) as replica:
@@ -390,7 +402,7 @@ async def test_config_keeps_applying_through_the_failover_of_the_streams_master(
     await ensure_group(door, keys.config_stream, APPLIERS)
     await ensure_group(door, keys.audit_stream, AUDITORS)
     first_ids = await publish_many(door, keys, first, 1_000_000)
-    await until(lambda: anyio.to_thread.run_sync(offsets_equal, cluster, victim.port))
+    await caught_up(cluster, victim.port)
 
     store = ConfigStore(door, keys, 1000)
     env = cluster_env(
