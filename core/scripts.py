@@ -3,8 +3,9 @@ of limits they share with Python.
 
 ``check`` is assembled from one file per algorithm plus ``decide.lua`` (which resolves a
 key's limits, decides over all of them and spends) and ``check.lua`` (the entry point), so a
-check is a single script call whatever the key's limits; ``check_all`` (all-or-nothing)
-and ``check_many`` (independent checks of many keys) share the same parts. Scripts are run
+check is a single script call whatever the key's limits; ``check_all`` (all-or-nothing),
+``check_many`` (independent checks of many keys), ``acquire`` (take a lease) and ``refund``
+(give tokens back) share the same parts; ``release`` stands alone. Scripts are run
 by SHA; a ``NOSCRIPT`` answer is handled where they are sent (:mod:`core.lanes`).
 """
 
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
-from schemas.limits import ALGORITHMS, Limit
+from schemas.limits import KINDS, Limit
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "ACQUIRE",
     "APPLY",
     "APPLY_POLICY",
     "CHECK",
@@ -28,6 +30,8 @@ __all__ = [
     "CHECK_MANY",
     "FINISH",
     "READ_POLICIES",
+    "REFUND",
+    "RELEASE",
     "Script",
     "decode_limits",
     "encode_limits",
@@ -40,9 +44,10 @@ _CHECK_PARTS = (
     "gcra.lua",
     "fixed_window.lua",
     "sliding_window.lua",
+    "concurrency.lua",
     "decide.lua",
 )
-_ALG_INDEX = {name: i + 1 for i, name in enumerate(ALGORITHMS)}
+_ALG_INDEX = {name: i + 1 for i, name in enumerate(KINDS)}
 
 
 def _read(name: str) -> str:
@@ -63,7 +68,8 @@ class Script:
 
 
 def limit_args(limits: Sequence[Limit]) -> list[int]:
-    """``k`` and 4 integers per limit, as the check scripts take the limits they are given."""
+    """``k`` and 4 integers per limit, as the check scripts take the limits they are given
+    (algorithm 1-5 in the order of :data:`schemas.limits.KINDS`)."""
     out = [len(limits)]
     for limit in limits:
         out += [_ALG_INDEX[limit.algorithm], limit.requests, limit.window_ms, limit.burst or 0]
@@ -88,7 +94,7 @@ def decode_limits(text: str) -> tuple[tuple[Limit, ...], bool]:
     out = []
     for part in text.removeprefix(_SHADOW).split(";"):
         alg, requests, window_ms, burst = (int(v) for v in part.split(","))
-        out.append(Limit(requests, window_ms, ALGORITHMS[alg - 1], burst or None))
+        out.append(Limit(requests, window_ms, KINDS[alg - 1], burst or None))
     return tuple(out), shadow
 
 
@@ -96,6 +102,9 @@ _DECIDE = "\n".join(_read(p) for p in _CHECK_PARTS)
 CHECK = Script.from_source("check", _DECIDE + "\n" + _read("check.lua"))
 CHECK_ALL = Script.from_source("check_all", _DECIDE + "\n" + _read("check_all.lua"))
 CHECK_MANY = Script.from_source("check_many", _DECIDE + "\n" + _read("check_many.lua"))
+ACQUIRE = Script.from_source("acquire", _DECIDE + "\n" + _read("acquire.lua"))
+REFUND = Script.from_source("refund", _DECIDE + "\n" + _read("refund.lua"))
+RELEASE = Script.from_source("release", _read("release.lua"))
 APPLY = Script.from_source("apply", _read("apply.lua"))
 APPLY_POLICY = Script.from_source("apply_policy", _read("apply_policy.lua"))
 READ_POLICIES = Script.from_source("read_policies", _read("read_policies.lua"))
