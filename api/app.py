@@ -27,6 +27,7 @@ from api.policies import POLICY_ROUTES
 from api.probes import PROBE_ROUTES
 from api.routes import ROUTES
 from api.services import Services
+from api.spend import SPEND_ROUTES
 from api.tickets import redact_ticket_in_span
 from core.config_store import ConfigStore
 from core.errors import RedisUnavailableError
@@ -182,6 +183,7 @@ def create_app(
             *ROUTES,
             *POLICY_ROUTES,
             *BATCH_ROUTES,
+            *SPEND_ROUTES,
             *NOTIFICATION_ROUTES,
             *ADMIN_ROUTES,
             metrics_route,

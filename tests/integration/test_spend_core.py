@@ -52,7 +52,8 @@ async def test_leases_are_exact_expire_and_release(gateway: Gateway, keys: KeySp
     assert not await lim.release(key, leases[1].id, now_us=T0 + 21)
     assert not await lim.release(key, "no-such-lease", now_us=T0 + 21)
     again = await lim.acquire(key, now_us=T0 + 30)
-    assert again.id and again.result.remaining == 0
+    assert again.id
+    assert again.result.remaining == 0
     # Expiry frees slots by itself: just after the first lease's end, one is free.
     assert not (await lim.acquire(key, now_us=T0 + 10_000 * 1000 - 1)).id
     later = await lim.acquire(key, now_us=T0 + 10_000 * 1000 + 1)
@@ -138,7 +139,7 @@ async def test_sliding_refund_shrinks_the_newest_entry(gateway: Gateway, keys: K
     await lim.check(key, 4, now_us=T0 + S)
     assert (await lim.refund(key, 5, now_us=T0 + 2 * S)).remaining == 8
     entries = await gateway.client.zrange(keys.log(key), 0, -1)
-    assert [e.decode() for e in entries] == [f"{2:016d}:2"]
+    assert entries == [f"{2:016d}:2".encode()]
     # Entries every window has left are not given back: nothing counts them any more.
     assert (await lim.refund(key, 5, now_us=T0 + 70 * S)).remaining == 10
     assert await gateway.client.zcard(keys.log(key)) == 1
