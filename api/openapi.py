@@ -35,7 +35,14 @@ from schemas.http import (
     RefundRequest,
     ReleaseRequest,
 )
-from schemas.limits import KEY_PATTERN, MAX_LEASES, MAX_SLIDING_REQUESTS, Limit, Policy
+from schemas.limits import (
+    KEY_PATTERN,
+    MAX_LEASES,
+    MAX_SLIDING_REQUESTS,
+    PATTERN_PATTERN,
+    Limit,
+    Policy,
+)
 
 if TYPE_CHECKING:
     import msgspec
@@ -217,9 +224,7 @@ _BODIES: tuple[type[msgspec.Struct], ...] = (
 )
 
 
-def complete_document(openapi: OpenAPI) -> None:
-    """Add to Litestar's document what it cannot derive (see the module docstring)."""
-    schemas = openapi.components.schemas or {}
+def _complete_bodies(schemas: dict[str, Schema]) -> None:
     for struct in _BODIES:
         schema = schemas[struct.__name__]
         if struct.__struct_config__.forbid_unknown_fields:
@@ -227,13 +232,17 @@ def complete_document(openapi: OpenAPI) -> None:
         if rules := _RULES.get(struct):
             schema.all_of = rules
     match = schemas[Policy.__name__].properties or {}
-    if isinstance(patterns := match.get("match"), Schema):
-        patterns.unique_items = True
-    _add_headers(openapi)
+    if isinstance(listed := match.get("match"), Schema):
+        listed.unique_items = True
+        # Litestar drops the constraints of a list's items: put the pattern back.
+        listed.items = Schema(
+            type=OpenAPIType.STRING, pattern=PATTERN_PATTERN, min_length=1, max_length=257
+        )
 
 
-def _add_headers(openapi: OpenAPI) -> None:
-    """The response headers of every answer that has some."""
+def complete_document(openapi: OpenAPI) -> None:
+    """Add to Litestar's document what it cannot derive (see the module docstring)."""
+    _complete_bodies(openapi.components.schemas or {})
     for path, item in (openapi.paths or {}).items():
         for method in ("get", "head", "post", "put", "delete"):
             operation = getattr(item, method, None)

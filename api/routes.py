@@ -147,8 +147,16 @@ _CONFLICT = ResponseSpec(
     operation_id="set_limit",
     status_code=HTTP_201_CREATED,
     responses={
-        201: ResponseSpec(data_container=Limit, description="Created: the limit as stored."),
-        200: ResponseSpec(data_container=Limit, description="Replaced the key's limits."),
+        201: ResponseSpec(
+            data_container=LimitBody,
+            generate_examples=False,
+            description="Created: the limits as stored (one limit's fields, or limits and shadow).",
+        ),
+        200: ResponseSpec(
+            data_container=LimitBody,
+            generate_examples=False,
+            description="Replaced the key's limits.",
+        ),
         202: ACCEPTED_SPEC,
         409: _CONFLICT,
         **error_specs(400, 401, 413, 503),
@@ -239,7 +247,11 @@ async def list_limits(
     operation_id="delete_limit",
     status_code=HTTP_200_OK,
     responses={
-        200: ResponseSpec(data_container=Limit, description="Removed: the limit it had."),
+        200: ResponseSpec(
+            data_container=LimitBody,
+            generate_examples=False,
+            description="Removed: the limits it had.",
+        ),
         202: ACCEPTED_SPEC,
         409: _CONFLICT,
         **error_specs(400, 401, 404, 503),

@@ -14,6 +14,8 @@ from throttler_client import (
     Limit,
     LimitChange,
     NotFoundError,
+    Policy,
+    PolicyChange,
     ThrottlerError,
     UnauthorizedError,
     ValidationError,
@@ -33,7 +35,8 @@ async def test_limits_checks_and_the_headers_to_forward(
     key = f"{prefix}:api"
     limit = Limit(requests=3, window_ms=DAY_MS)
     created = await throttler.set_limit(key, limit)
-    assert created == LimitChange("created", Limit(3, DAY_MS, "token_bucket", burst=3))
+    stored = Limit(3, DAY_MS, "token_bucket", burst=3)
+    assert created == LimitChange("created", stored, limits=(stored,))
     replaced = await throttler.set_limit(key, limit)
     assert replaced.status == "replaced"
 
@@ -56,7 +59,7 @@ async def test_limits_checks_and_the_headers_to_forward(
     assert denied.headers["x-ratelimit-remaining"] == "0"
 
     deleted = await throttler.delete_limit(key)
-    assert deleted == LimitChange("deleted", Limit(3, DAY_MS, "token_bucket", burst=3))
+    assert deleted == LimitChange("deleted", stored, limits=(stored,))
     with pytest.raises(NotFoundError) as missing:
         await throttler.delete_limit(key)
     assert (missing.value.status, missing.value.code) == (404, "not_found")
@@ -121,6 +124,25 @@ async def test_reset_clears_usage_and_keeps_the_limit(
     await throttler.reset(key)
     after = await throttler.check(key)
     assert (after.allowed, after.cached, after.remaining, after.limit) == (True, False, 1, 2)
+
+
+async def test_several_limits_and_policies(throttler: AsyncThrottlerClient, prefix: str) -> None:
+    """Issue 10 through the client: a key's several limits, and a policy's whole life."""
+    key = f"{prefix}:two"
+    burst, quota = Limit(2, 1_000, "fixed_window"), Limit(3, DAY_MS, "fixed_window")
+    created = await throttler.set_limits(key, [burst, quota])
+    assert created == LimitChange("created", burst, limits=(burst, quota))
+    assert [(await throttler.check(key)).allowed for _ in range(3)] == [True, True, False]
+
+    policy = Policy(f"{prefix}-free", (Limit(1, DAY_MS, "fixed_window"),), (f"{prefix}:free:*",))
+    assert await throttler.put_policy(policy) == PolicyChange("created", policy)
+    assert await throttler.get_policy(policy.name) == policy
+    assert policy in await throttler.list_policies()
+    shadowed = Policy(policy.name, policy.limits, policy.match, shadow=True)
+    assert (await throttler.put_policy(shadowed)).status == "replaced"
+    assert await throttler.delete_policy(policy.name) == PolicyChange("deleted", shadowed)
+    with pytest.raises(NotFoundError):
+        await throttler.get_policy(policy.name)
 
 
 async def test_check_and_admin_tokens(

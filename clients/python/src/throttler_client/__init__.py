@@ -29,7 +29,14 @@ from throttler_client.errors import (
     ValidationError,
 )
 from throttler_client.middleware import ThrottlerMiddleware, client_ip
-from throttler_client.models import CheckManyResult, Decision, Limit, LimitChange
+from throttler_client.models import (
+    CheckManyResult,
+    Decision,
+    Limit,
+    LimitChange,
+    Policy,
+    PolicyChange,
+)
 
 __version__ = VERSION
 
@@ -43,6 +50,8 @@ __all__ = [
     "Limit",
     "LimitChange",
     "NotFoundError",
+    "Policy",
+    "PolicyChange",
     "ThrottlerClient",
     "ThrottlerError",
     "ThrottlerMiddleware",

@@ -15,13 +15,20 @@ from throttler_client.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
     from types import TracebackType
     from typing import Self
 
     from throttler_client.attempts import Attempts
     from throttler_client.calls import Call, CheckItem
-    from throttler_client.models import CheckManyResult, Decision, Limit, LimitChange
+    from throttler_client.models import (
+        CheckManyResult,
+        Decision,
+        Limit,
+        LimitChange,
+        Policy,
+        PolicyChange,
+    )
 
 __all__ = ["AsyncThrottlerClient"]
 
@@ -122,6 +129,32 @@ class AsyncThrottlerClient(ClientBase):
             return await self._run(calls.delete_limit(key))
         finally:
             self.denial_cache.forget(key)
+
+    async def set_limits(
+        self, key: str, limits: Sequence[Limit], shadow: bool = False
+    ) -> LimitChange:
+        """Give ``key`` several limits (1-8; a check must pass every one) (admin)."""
+        try:
+            return await self._run(calls.set_limits(key, limits, shadow))
+        finally:
+            self.denial_cache.forget(key)
+
+    async def put_policy(self, policy: Policy) -> PolicyChange:
+        """Create or replace ``policy`` (admin); keys it matches follow it within the
+        service's propagation bound."""
+        return await self._run(calls.put_policy(policy))
+
+    async def get_policy(self, name: str) -> Policy:
+        """The policy ``name`` (admin); ``NotFoundError`` when there is none."""
+        return await self._run(calls.get_policy(name))
+
+    async def list_policies(self) -> list[Policy]:
+        """Every policy (admin)."""
+        return await self._run(calls.list_policies())
+
+    async def delete_policy(self, name: str) -> PolicyChange:
+        """Remove the policy ``name`` (admin); ``NotFoundError`` when there is none."""
+        return await self._run(calls.delete_policy(name))
 
     async def reset(self, key: str) -> None:
         """Clear ``key``'s usage and keep its limits (admin; ``POST /rate-limit/{key}/reset``,

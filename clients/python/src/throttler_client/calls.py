@@ -4,7 +4,7 @@ Each builder returns a :class:`Call`: method, path, JSON body, which token it ne
 sending it twice is harmless, and how to read the answer into a typed result. The sync and
 async clients run the same calls, so they cannot drift apart.
 
-Adding an operation (the ``/policies`` routes, say): write its builder here, then a method
+Adding an operation: write its builder here, then a method
 of one line in ``ThrottlerClient`` and in ``AsyncThrottlerClient``
 (tests/unit/test_client_surface.py checks that both have the same methods and signatures).
 """
@@ -21,12 +21,16 @@ from throttler_client.models import (
     Decision,
     Limit,
     LimitChange,
+    Policy,
+    PolicyChange,
     as_int,
     forwarded_headers,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    from throttler_client.models import ChangeStatus
 
 __all__ = [
     "Answer",
@@ -34,9 +38,14 @@ __all__ = [
     "check",
     "check_many",
     "delete_limit",
+    "delete_policy",
+    "get_policy",
+    "list_policies",
+    "put_policy",
     "read_answer",
     "reset",
     "set_limit",
+    "set_limits",
 ]
 
 T = TypeVar("T")
@@ -148,27 +157,50 @@ def check_many(items: Iterable[CheckItem], all_or_nothing: bool = False) -> Call
     return Call("POST", "/check", read, body=body, idempotent=idempotent)
 
 
+def _limit_change(status: ChangeStatus, body: Mapping[str, object]) -> LimitChange:
+    """A key's limits as the service answers them: one limit's fields, or ``limits`` and
+    ``shadow``."""
+    listed = body.get("limits")
+    if listed is None:
+        limit = Limit.from_json(body)
+        return LimitChange(status, limit, limits=(limit,))
+    if not isinstance(listed, list) or not listed:
+        raise ValueError(f"limits: expected a non-empty list, got {listed!r}")
+    limits = tuple(Limit.from_json(item) for item in listed)
+    return LimitChange(status, limits[0], limits=limits, shadow=body.get("shadow") is True)
+
+
 def set_limit(key: str, limit: Limit) -> Call[LimitChange]:
     """``POST /rate-limit/{key}``: create or replace the key's limit (201/200, or 202)."""
+    return _set(key, limit.to_json())
 
+
+def set_limits(key: str, limits: Sequence[Limit], shadow: bool = False) -> Call[LimitChange]:
+    """``POST /rate-limit/{key}`` with several limits (1-8; a check must pass all of them)
+    and ``shadow`` (evaluate and spend, but allow every check)."""
+    body = {"limits": [limit.to_json() for limit in limits], "shadow": shadow}
+    return _set(key, body)
+
+
+def _set(key: str, body: dict[str, object]) -> Call[LimitChange]:
     def read(answer: Answer) -> LimitChange:
-        body = _body(answer, 200, 201, 202)
+        found = _body(answer, 200, 201, 202)
         if answer.status == 202:
-            return LimitChange("accepted", event_id=str(body["event_id"]))
-        return LimitChange("created" if answer.status == 201 else "replaced", Limit.from_json(body))
+            return LimitChange("accepted", event_id=str(found["event_id"]))
+        return _limit_change("created" if answer.status == 201 else "replaced", found)
 
-    # Setting the same limit twice leaves the same limit: safe to send again.
-    return Call("POST", _path(key), read, body=limit.to_json(), admin=True, idempotent=True)
+    # Setting the same limits twice leaves the same limits: safe to send again.
+    return Call("POST", _path(key), read, body=body, admin=True, idempotent=True)
 
 
 def delete_limit(key: str) -> Call[LimitChange]:
-    """``DELETE /rate-limit/{key}``: remove the key's limit (200 with it, or 202)."""
+    """``DELETE /rate-limit/{key}``: remove the key's limits (200 with them, or 202)."""
 
     def read(answer: Answer) -> LimitChange:
         body = _body(answer, 200, 202)
         if answer.status == 202:
             return LimitChange("accepted", event_id=str(body["event_id"]))
-        return LimitChange("deleted", Limit.from_json(body))
+        return _limit_change("deleted", body)
 
     # Not idempotent in its answer: a second delete of a deleted limit is a 404.
     return Call("DELETE", _path(key), read, admin=True)
@@ -184,3 +216,57 @@ def reset(key: str) -> Call[None]:
             raise ValueError(f"reset: expected true, got {body.get('reset')!r}")
 
     return Call("POST", _path(key, "/reset"), read, admin=True, idempotent=True)
+
+
+def _policy_path(name: str) -> str:
+    return f"/policies/{quote(name, safe='')}"
+
+
+def put_policy(policy: Policy) -> Call[PolicyChange]:
+    """``PUT /policies/{name}``: create (201) or replace (200) a policy, or 202."""
+
+    def read(answer: Answer) -> PolicyChange:
+        body = _body(answer, 200, 201, 202)
+        if answer.status == 202:
+            return PolicyChange("accepted", event_id=str(body["event_id"]))
+        status: ChangeStatus = "created" if answer.status == 201 else "replaced"
+        return PolicyChange(status, Policy.from_json(body))
+
+    return Call(
+        "PUT", _policy_path(policy.name), read, body=policy.to_json(), admin=True, idempotent=True
+    )
+
+
+def get_policy(name: str) -> Call[Policy]:
+    """``GET /policies/{name}``: the policy (``NotFoundError`` when there is none)."""
+    return Call(
+        "GET",
+        _policy_path(name),
+        lambda a: Policy.from_json(_body(a, 200)),
+        admin=True,
+        idempotent=True,
+    )
+
+
+def list_policies() -> Call[list[Policy]]:
+    """``GET /policies``: every policy."""
+
+    def read(answer: Answer) -> list[Policy]:
+        items = _body(answer, 200)["items"]
+        if not isinstance(items, list):
+            raise TypeError(f"items: expected a list, got {items!r}")
+        return [Policy.from_json(item) for item in items]
+
+    return Call("GET", "/policies", read, admin=True, idempotent=True)
+
+
+def delete_policy(name: str) -> Call[PolicyChange]:
+    """``DELETE /policies/{name}``: remove a policy (200 with it, or 202)."""
+
+    def read(answer: Answer) -> PolicyChange:
+        body = _body(answer, 200, 202)
+        if answer.status == 202:
+            return PolicyChange("accepted", event_id=str(body["event_id"]))
+        return PolicyChange("deleted", Policy.from_json(body))
+
+    return Call("DELETE", _policy_path(name), read, admin=True)

@@ -14,6 +14,8 @@ __all__ = [
     "Decision",
     "Limit",
     "LimitChange",
+    "Policy",
+    "PolicyChange",
     "forwarded_headers",
 ]
 
@@ -117,6 +119,51 @@ class LimitChange:
 
     status: ChangeStatus
     limit: Limit | None = None
+    event_id: str | None = None
+    #: Every limit of the key (``limit`` is the first); ``shadow`` as stored.
+    limits: tuple[Limit, ...] = ()
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Limits for every key that a pattern of ``match`` selects: exact keys, prefixes ending
+    in ``*``, or ``*`` alone (every key without a better match). ``shadow``: evaluated and
+    spent as usual, but every check is allowed (a would-be denial is reported)."""
+
+    name: str
+    limits: tuple[Limit, ...]
+    match: tuple[str, ...] = ()
+    shadow: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "limits": [limit.to_json() for limit in self.limits],
+            "match": list(self.match),
+            "shadow": self.shadow,
+        }
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, object]) -> Policy:
+        limits, match = body.get("limits"), body.get("match", [])
+        if not isinstance(limits, list) or not isinstance(match, list):
+            raise ValueError(f"expected limits and match lists, got {limits!r}, {match!r}")
+        return cls(
+            name=str(body["name"]),
+            limits=tuple(Limit.from_json(limit) for limit in limits),
+            match=tuple(str(pattern) for pattern in match),
+            shadow=body.get("shadow") is True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """The outcome of :meth:`put_policy` or :meth:`delete_policy`: ``created``, ``replaced``
+    or ``deleted`` with the policy (as stored, or as it was), or ``accepted`` with the
+    ``event_id`` of a change that no worker applied within ``APPLY_WAIT_MS``."""
+
+    status: ChangeStatus
+    policy: Policy | None = None
     event_id: str | None = None
 
 
