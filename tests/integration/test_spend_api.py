@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
     from litestar import Litestar
 
+    from tests.support.servers import RedisProcess
+
     Client = AsyncTestClient[Litestar]
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +168,33 @@ async def test_the_document_describes_the_spend_routes(client: Client) -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["RefundRequest"]["additionalProperties"] is False
     assert schemas["CheckRequest"]["properties"]["max_wait_ms"]["minimum"] == 0
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+async def test_spend_routes_when_redis_cannot_answer(
+    own_redis: RedisProcess, prefix: str, policy: str
+) -> None:
+    """Acquire follows FAILURE_POLICY as a check does; release and refund are a 503."""
+    env = {"REDIS_URL": own_redis.url, "KEY_PREFIX": prefix, "FAILURE_POLICY": policy}
+    settings = load_settings({**env, "REDIS_TIMEOUT_MS": "200"}, env_file=None)
+    async with AsyncTestClient(app=build_app(settings, worker=False)) as client:
+        own_redis.stop()
+        acquired = await client.post("/rate-limit/down/acquire")
+        if policy == "open":
+            assert acquired.status_code == 200
+            assert acquired.headers["x-ratelimit-enforced"] == "false"
+            assert acquired.json() == {
+                "allowed": True,
+                "lease": "",
+                "expires_in_ms": 0,
+                "remaining": 0,
+                "limit": 0,
+                "enforced": False,
+            }
+        else:
+            assert acquired.status_code == 503
+            assert acquired.json()["error"] == "redis_unavailable"
+        for route, body in (("release", {"lease": "abc"}), ("refund", {"tokens": 1})):
+            resp = await client.post(f"/rate-limit/down/{route}", json=body)
+            assert resp.status_code == 503, route
+            assert resp.headers["retry-after"] == "1"
