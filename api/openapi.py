@@ -39,6 +39,7 @@ from schemas.limits import (
     KEY_PATTERN,
     MAX_LEASES,
     MAX_SLIDING_REQUESTS,
+    MAX_WINDOW_MS,
     PATTERN_PATTERN,
     Limit,
     Policy,
@@ -174,6 +175,16 @@ _LIMIT_RULES = [
         schema_if=_SLIDING,
         then=Schema(properties={"requests": Schema(maximum=MAX_SLIDING_REQUESTS)}),
     ),
+    Schema(
+        schema_if=Schema(required=["calendar"]),
+        then=Schema(
+            properties={
+                "algorithm": Schema(const="fixed_window"),
+                "window_ms": Schema(const=MAX_WINDOW_MS),
+            },
+            required=["algorithm"],
+        ),
+    ),
 ]
 
 
@@ -194,7 +205,7 @@ _INLINE_RULES = [
     _given("algorithm", _STRING, "requests", "window_ms"),
     _given("burst", _INTEGER, "requests", "window_ms"),
 ]
-_SINGLE = ("requests", "window_ms", "algorithm", "burst")
+_SINGLE = ("requests", "window_ms", "algorithm", "burst", "calendar")
 #: A key's limits: one limit, or ``limits`` (with ``shadow``), never both.
 _BODY_RULES = [
     Schema(

@@ -100,6 +100,7 @@ def _status_body(key: str, result: CheckResult) -> LimitStatus:
             limit=limit.capacity,
             remaining=remaining,
             reset_after_ms=reset,
+            calendar=limit.calendar,
         )
         for limit, (remaining, reset) in zip(result.limits, usage, strict=True)
     ]

@@ -46,6 +46,7 @@ from schemas.limits import (
     POLICY_NAME_PATTERN,
     Algorithm,
     Burst,
+    Calendar,
     Limit,
     Limits,
     Pattern,
@@ -75,6 +76,7 @@ class _Item(msgspec.Struct, forbid_unknown_fields=True):
     window_ms: WindowMs | None = None
     algorithm: Algorithm = "token_bucket"
     burst: Burst | None = None
+    calendar: Calendar | msgspec.UnsetType = msgspec.UNSET
     limits: Limits | None = None
     shadow: bool = False
     match: list[Pattern] | None = None
@@ -106,7 +108,7 @@ class _Item(msgspec.Struct, forbid_unknown_fields=True):
             return BulkChange(self.key, None, 0, limits=tuple(self.limits), shadow=self.shadow)
         if self.requests is None or self.window_ms is None:
             raise ValueError("requests and window_ms are required (or delete: true, or limits)")
-        limit = Limit(self.requests, self.window_ms, self.algorithm, self.burst)
+        limit = Limit(self.requests, self.window_ms, self.algorithm, self.burst, self.calendar)
         return BulkChange(self.key, limit, 0)
 
 

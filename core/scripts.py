@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
-from schemas.limits import KINDS, Limit
+import msgspec
+
+from schemas.limits import ALGORITHMS, CONCURRENCY, Limit
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,7 +49,15 @@ _CHECK_PARTS = (
     "concurrency.lua",
     "decide.lua",
 )
-_ALG_INDEX = {name: i + 1 for i, name in enumerate(KINDS)}
+#: The scripts' codes of the limits: the rate algorithms 1-4 in the order of ALGORITHMS, a
+#: fixed window that is a UTC calendar month (``calendar: "month"``) 5, concurrency 6.
+_ALG_INDEX = {name: i + 1 for i, name in enumerate(ALGORITHMS)}
+_MONTH = 5
+_ALG_INDEX[CONCURRENCY] = _CONCURRENCY = 6
+
+
+def _code(limit: Limit) -> int:
+    return _ALG_INDEX[limit.algorithm] if limit.calendar is msgspec.UNSET else _MONTH
 
 
 def _read(name: str) -> str:
@@ -69,10 +79,10 @@ class Script:
 
 def limit_args(limits: Sequence[Limit]) -> list[int]:
     """``k`` and 4 integers per limit, as the check scripts take the limits they are given
-    (algorithm 1-5 in the order of :data:`schemas.limits.KINDS`)."""
+    (codes as :data:`_ALG_INDEX` says)."""
     out = [len(limits)]
     for limit in limits:
-        out += [_ALG_INDEX[limit.algorithm], limit.requests, limit.window_ms, limit.burst or 0]
+        out += [_code(limit), limit.requests, limit.window_ms, limit.burst or 0]
     return out
 
 
@@ -82,9 +92,7 @@ _SHADOW = "S;"
 def encode_limits(limits: Sequence[Limit], *, shadow: bool = False) -> str:
     """A key's own limits as its hash stores them: ``alg,requests,window_ms,burst;...``,
     after ``S;`` in shadow mode."""
-    text = ";".join(
-        f"{_ALG_INDEX[x.algorithm]},{x.requests},{x.window_ms},{x.burst or 0}" for x in limits
-    )
+    text = ";".join(f"{_code(x)},{x.requests},{x.window_ms},{x.burst or 0}" for x in limits)
     return _SHADOW + text if shadow else text
 
 
@@ -94,7 +102,12 @@ def decode_limits(text: str) -> tuple[tuple[Limit, ...], bool]:
     out = []
     for part in text.removeprefix(_SHADOW).split(";"):
         alg, requests, window_ms, burst = (int(v) for v in part.split(","))
-        out.append(Limit(requests, window_ms, KINDS[alg - 1], burst or None))
+        if alg == _MONTH:
+            out.append(Limit(requests, window_ms, "fixed_window", calendar="month"))
+        elif alg == _CONCURRENCY:
+            out.append(Limit(requests, window_ms, CONCURRENCY))
+        else:
+            out.append(Limit(requests, window_ms, ALGORITHMS[alg - 1], burst or None))
     return tuple(out), shadow
 
 

@@ -12,6 +12,7 @@ from schemas.limits import (
     MAX_WINDOW_MS,
     Algorithm,
     Burst,
+    Calendar,
     KeyLimits,
     Limit,
     Limits,
@@ -238,6 +239,7 @@ class LimitUsage(msgspec.Struct):
     limit: int
     remaining: int
     reset_after_ms: int
+    calendar: Calendar | msgspec.UnsetType = msgspec.UNSET
 
 
 class LimitStatus(msgspec.Struct):
@@ -301,6 +303,7 @@ class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
     window_ms: WindowMs | msgspec.UnsetType = msgspec.UNSET
     algorithm: Algorithm | msgspec.UnsetType = msgspec.UNSET
     burst: Burst | msgspec.UnsetType | None = msgspec.UNSET
+    calendar: Calendar | msgspec.UnsetType = msgspec.UNSET
     limits: Limits | msgspec.UnsetType = msgspec.UNSET
     shadow: Shadow | msgspec.UnsetType = msgspec.UNSET
 
@@ -308,7 +311,7 @@ class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
         self.resolve()
 
     def resolve(self) -> Limit | KeyLimits:
-        single = (self.requests, self.window_ms, self.algorithm, self.burst)
+        single = (self.requests, self.window_ms, self.algorithm, self.burst, self.calendar)
         if not isinstance(self.limits, msgspec.UnsetType):
             if any(not isinstance(v, msgspec.UnsetType) for v in single):
                 raise ValueError("give one limit (requests, window_ms, ...) or limits, not both")
@@ -323,7 +326,7 @@ class LimitBody(msgspec.Struct, forbid_unknown_fields=True):
             "token_bucket" if isinstance(self.algorithm, msgspec.UnsetType) else self.algorithm
         )
         burst = None if isinstance(self.burst, msgspec.UnsetType) else self.burst
-        return Limit(self.requests, self.window_ms, algorithm, burst)
+        return Limit(self.requests, self.window_ms, algorithm, burst, self.calendar)
 
 
 class AcceptedResponse(msgspec.Struct):

@@ -10,7 +10,6 @@ __all__ = [
     "ALGORITHMS",
     "CONCURRENCY",
     "KEY_PATTERN",
-    "KINDS",
     "MAX_KEY_BYTES",
     "MAX_LEASES",
     "MAX_LIMITS",
@@ -20,6 +19,7 @@ __all__ = [
     "PATTERN_PATTERN",
     "POLICY_NAME_PATTERN",
     "Algorithm",
+    "Calendar",
     "KeyLimits",
     "Limit",
     "Limits",
@@ -56,8 +56,6 @@ ALGORITHMS: Final[tuple[Algorithm, ...]] = (
 )
 #: Leases held at once (``POST /rate-limit/{key}/acquire`` and ``/release``).
 CONCURRENCY: Final = "concurrency"
-#: Every kind of limit, in the order the scripts number them (1-based).
-KINDS: Final[tuple[Algorithm, ...]] = (*ALGORITHMS, CONCURRENCY)
 
 Requests = Annotated[
     int,
@@ -80,9 +78,19 @@ Burst = Annotated[
     ),
 ]
 
+Calendar = Annotated[
+    Literal["month"],
+    msgspec.Meta(
+        description="fixed_window only: windows are UTC calendar months (a quota that resets "
+        f"at 00:00 UTC on the 1st); window_ms must then be {MAX_WINDOW_MS} (31 days, the "
+        "longest month)."
+    ),
+]
+
 
 class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
-    """``requests`` per ``window_ms`` under ``algorithm``; ``burst`` for buckets and GCRA.
+    """``requests`` per ``window_ms`` under ``algorithm``; ``burst`` for buckets and GCRA;
+    ``calendar: "month"`` for a fixed window that is a UTC calendar month.
 
     A ``concurrency`` limit is ``requests`` leases held at once, each living ``window_ms``
     unless released first."""
@@ -91,8 +99,17 @@ class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     window_ms: WindowMs
     algorithm: Algorithm = "token_bucket"
     burst: Burst | None = None
+    calendar: Calendar | msgspec.UnsetType = msgspec.UNSET  # never encoded when unset
 
     def __post_init__(self) -> None:
+        if self.calendar is not msgspec.UNSET:
+            if self.algorithm != "fixed_window":
+                raise ValueError(f"calendar applies to fixed_window, not {self.algorithm}")
+            if self.window_ms != MAX_WINDOW_MS:
+                raise ValueError(
+                    f"a calendar month window is given as window_ms {MAX_WINDOW_MS} "
+                    f"(31 days, the longest month), not {self.window_ms}"
+                )
         if self.algorithm in ("sliding_window", "fixed_window", CONCURRENCY):
             if self.burst is not None:
                 raise ValueError(f"burst applies to token_bucket and gcra, not {self.algorithm}")

@@ -5,7 +5,7 @@
 -- KEYS[3]  the key's leases <prefix>:{<key>}:c  (concurrency limits)
 -- ARGV[1]  op: "set", "del" or "reset" (clear what was spent; limits and version stay)
 -- ARGV[2]  version: the stream entry id "<ms>-<seq>" of the change, or "" (unversioned)
--- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-5, burst 0 = none),
+-- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-6, burst 0 = none),
 --          after "S;" when they are in shadow mode
 -- ARGV[4]  tombstone TTL in ms: a deleted key keeps its version this long, so an older
 --          change delivered late cannot bring the limit back
@@ -34,7 +34,7 @@ local function compare(a, b)
   return 0
 end
 
-local LETTER = {'t', 's', 'f', 'g', 'c'}
+local LETTER = {'t', 's', 'f', 'g', 'm', 'c'}
 
 local function limits_of(c)
   local out = {}
@@ -124,7 +124,7 @@ if op == 'set' then
     local field = (i - 1) .. LETTER[l[1]]
     if l[1] == 2 then
       sliding = true
-    elseif l[1] == 5 then
+    elseif l[1] == 6 then
       leasing = true                           -- leases held stay held
     else
       local raw = redis.call('HGET', hash, field)

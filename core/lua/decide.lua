@@ -1,6 +1,6 @@
 -- decide: one key's decision over all its limits (the contract is in the header above).
-local LETTER = {'t', 's', 'f', 'g', 'c'}
-local SIMPLE = {token_bucket, nil, fixed_window, gcra}
+local LETTER = {'t', 's', 'f', 'g', 'm', 'c'}
+local SIMPLE = {token_bucket, nil, fixed_window, gcra, calendar_month}
 local NO_OPTIONS = {}
 
 -- "alg,requests,window_ms,burst;..." -> {alg, requests, window_ms, burst, alg, ...}
@@ -60,7 +60,7 @@ end
 local function capacity(alg, req, burst)
   if (alg == 1 or alg == 4) and burst > 0 then
     return burst
-  elseif alg == 5 then
+  elseif alg == 6 then
     return math.huge
   end
   return req
@@ -128,7 +128,7 @@ end
 local function lease_lifetime(lim, ttl_us)
   local life = nil
   for b = 1, #lim, 4 do
-    if lim[b] == 5 then
+    if lim[b] == 6 then
       life = math.min(life or math.huge, lim[b + 2] * 1000)
     end
   end
@@ -142,7 +142,7 @@ end
 -- limit of the key must be a token bucket or GCRA (concurrency limits do not spend).
 local function reservable(lim)
   for b = 1, #lim, 4 do
-    if lim[b] == 2 or lim[b] == 3 then
+    if lim[b] == 2 or lim[b] == 3 or lim[b] == 5 then
       return false
     end
   end
@@ -192,7 +192,7 @@ local function decide(hash, log, leases, n, mode, now, given, inline_ttl, spend,
         end
       end
       allowed, remaining, reset, retry = sliding_window(log, L, n, at, req, win_us)
-    elseif alg == 5 then
+    elseif alg == 6 then
       C = C or leases_open(leases, now)
       allowed, remaining, reset, retry = concurrency(leases, C, take ~= nil, expires, now, req)
     else

@@ -6,14 +6,15 @@
 --
 -- State layout (one hash tag per rate-limit key; see core/keys.py):
 --   KEYS[1]  <prefix>:{<key>}     hash: the key's own limits and every limit's state
---     c      the key's own limits, "alg,requests,window_ms,burst;..." (alg 1-5 as below,
+--     c      the key's own limits, "alg,requests,window_ms,burst;..." (alg 1-6 as below,
 --            burst 0 = none); absent when the key has none
 --     v      stream entry id of the last config change applied ("<ms>-<seq>")
 --     d      "1": deleted at version v (a tombstone, with a TTL)
 --     i      "1": c was created inline by a check (the hash then has a TTL)
 --     <i><a> state of limit i (0-based) under algorithm letter a: t token bucket
 --            "microtokens:us" (below 0 after reservations), g gcra "tat_us",
---            f fixed window "window:count"
+--            f fixed window "window:count",
+--            m calendar month "month:count" (month = year * 12 + month - 1)
 --   KEYS[2]  <prefix>:{<key>}:l   sorted set, the sliding-window log shared by every
 --            sliding limit of the key: one entry per admitted check, score = its time (us),
 --            member = "<running total after it, 16 digits>:<its tokens>"
@@ -32,7 +33,8 @@
 --          reserves them (0: none; only when every rate limit is token_bucket or gcra)
 -- ARGV[6]  k: how many limits follow (1-8); then 4 values per limit:
 --          algorithm (1 token_bucket, 2 sliding_window, 3 fixed_window, 4 gcra,
---          5 concurrency), requests, window_ms, burst (0 = requests; others ignore it)
+--          5 fixed_window by UTC calendar month, 6 concurrency),
+--          requests, window_ms, burst (0 = requests; others ignore it)
 --
 -- Returns {code, index, remaining, reset_after_ms, retry_after_ms, now_ms, own}
 --   code   1 allowed, 0 denied, -1 n exceeds what limit `index` can ever allow,

@@ -7,7 +7,7 @@
 -- Returns the check reply of a peek (n = 0) after the refund.
 --   token_bucket  tokens + n, at most the burst
 --   gcra          tat - n * T, never before now
---   fixed_window  the current window's count - n, at least 0
+--   fixed_window  the current window's (or calendar month's) count - n, at least 0
 --   sliding_window  the newest entries of the log that some window still counts leave it,
 --                 n tokens of them (the last one shrinks when it holds more)
 --   concurrency   nothing: a lease is given back by release
@@ -58,9 +58,10 @@ for i = 0, #lim / 4 - 1 do
   elseif raw and alg == 4 then
     local T = math.ceil(win_us / req)
     new = string.format('%d', math.max(now, tonumber(raw) - n * T))
-  elseif raw and alg == 3 then
+  elseif raw and (alg == 3 or alg == 5) then
     local w, c = string.match(raw, '^(%d+):(%d+)$')
-    if tonumber(w) == idiv(now, win_us) then
+    local current = alg == 3 and idiv(now, win_us) or (month_of(now))
+    if tonumber(w) == current then
       new = string.format('%s:%d', w, math.max(0, tonumber(c) - n))
     end
   end

@@ -589,9 +589,9 @@ async def test_openapi_describes_every_route_body_and_error(client: Client) -> N
     ops = {(p, m): paths[p][m] for p, m in ROUTES}
     # (200/201 of POST and DELETE currently render as a oneOf that also lists the 202 and
     # error bodies; that is imprecise but still describes the body.)
-    assert "Limit" in _response_refs(ops["/rate-limit/{key}", "post"], "201")
-    assert "Limit" in _response_refs(ops["/rate-limit/{key}", "post"], "200")
-    assert "Limit" in _response_refs(ops["/rate-limit/{key}", "delete"], "200")
+    assert _response_refs(ops["/rate-limit/{key}", "post"], "201") == {"LimitBody"}
+    assert _response_refs(ops["/rate-limit/{key}", "post"], "200") == {"LimitBody"}
+    assert _response_refs(ops["/rate-limit/{key}", "delete"], "200") == {"LimitBody"}
     assert _response_refs(ops["/rate-limit/{key}", "get"], "200") == {"LimitStatus"}
     assert "CheckAllowed" in _response_refs(ops["/rate-limit/{key}/check", "post"], "200")
     assert _response_refs(ops["/rate-limit/{key}/check", "post"], "429") == {"CheckDenied"}
@@ -606,7 +606,13 @@ async def test_openapi_describes_every_route_body_and_error(client: Client) -> N
     schemas = doc["components"]["schemas"]
     limit = schemas["Limit"]
     assert set(limit["required"]) == {"requests", "window_ms"}
-    assert set(limit["properties"]) == {"requests", "window_ms", "algorithm", "burst"}
+    assert set(limit["properties"]) == {
+        "requests",
+        "window_ms",
+        "algorithm",
+        "burst",
+        "calendar",
+    }
     assert limit["properties"]["requests"]["maximum"] == 1_000_000_000
     assert limit["properties"]["window_ms"]["maximum"] == 2_678_400_000
     assert set(limit["properties"]["algorithm"]["enum"]) == {*ALGORITHMS, "concurrency"}

@@ -255,7 +255,13 @@ def test_schema_structure() -> None:
     assert set(defs["SetLimit"]["properties"]) == common | {"limit"}
     assert defs["SetLimit"]["properties"]["key"]["pattern"] == KEY_PATTERN
     assert defs["Limit"]["additionalProperties"] is False
-    assert set(defs["Limit"]["properties"]) == {"requests", "window_ms", "algorithm", "burst"}
+    assert set(defs["Limit"]["properties"]) == {
+        "requests",
+        "window_ms",
+        "algorithm",
+        "burst",
+        "calendar",
+    }
 
 
 SAMPLE = {

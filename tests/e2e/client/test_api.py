@@ -129,7 +129,8 @@ async def test_reset_clears_usage_and_keeps_the_limit(
 async def test_several_limits_and_policies(throttler: AsyncThrottlerClient, prefix: str) -> None:
     """Issue 10 through the client: a key's several limits, and a policy's whole life."""
     key = f"{prefix}:two"
-    burst, quota = Limit(2, 1_000, "fixed_window"), Limit(3, DAY_MS, "fixed_window")
+    burst = Limit(2, 1_000, "fixed_window")
+    quota = Limit(3, 31 * DAY_MS, "fixed_window", calendar="month")
     created = await throttler.set_limits(key, [burst, quota])
     assert created == LimitChange("created", burst, limits=(burst, quota))
     assert [(await throttler.check(key)).allowed for _ in range(3)] == [True, True, False]

@@ -114,6 +114,9 @@ class Limit:
     window_ms: int
     algorithm: Algorithm = "token_bucket"
     burst: int | None = None
+    #: ``"month"``: a ``fixed_window`` whose windows are UTC calendar months (``window_ms``
+    #: is then 2678400000, the longest month).
+    calendar: Literal["month"] | None = None
 
     def to_json(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -123,6 +126,8 @@ class Limit:
         }
         if self.burst is not None:
             body["burst"] = self.burst
+        if self.calendar is not None:
+            body["calendar"] = self.calendar
         return body
 
     @classmethod
@@ -136,6 +141,7 @@ class Limit:
             window_ms=as_int(body, "window_ms"),
             algorithm=algorithm,  # type: ignore[arg-type]  # checked against Algorithm above
             burst=None if burst is None else as_int(body, "burst"),
+            calendar="month" if body.get("calendar") == "month" else None,
         )
 
 
