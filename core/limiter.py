@@ -311,9 +311,9 @@ class Limiter:
         being unavailable fails the whole call.
         """
         if self._gateway.cluster:
-            calls = [self.script_args(key, tokens) for key, tokens in items]
-            replies = await self._gateway.run_many(CHECK, calls)
-            given = [self.policies.resolve(key) for key, _ in items]
+            made = [self._call(key, tokens, None, None, None) for key, tokens in items]
+            replies = await self._gateway.run_many(CHECK, [(k, a) for k, a, _ in made])
+            given = [resolved for _, _, resolved in made]
         else:
             replies, given = await self._many(items)
         out: list[CheckResult | LimitValidationError] = []
@@ -389,6 +389,8 @@ class Limiter:
     async def status(self, key: str, *, now_us: int | None = None) -> CheckResult:
         """The limits ``key`` is checked under, where they come from, and the live usage of
         each (``usage``); spends and creates nothing."""
-        keys, args = self.script_args(key, 0, now_us=now_us, mode="s")
+        # The limits resolved once, before the call: a policy loaded while it runs must not
+        # pair the reply with other limits than those it was computed for.
+        keys, args, given = self._call(key, 0, None, now_us, "s")
         reply = await self._gateway.run(CHECK, keys, args)
-        return self.result(reply, 0, self.policies.resolve(key))
+        return self.result(reply, 0, given)
