@@ -72,6 +72,10 @@ _SHADOW_DENIED: Header = (b"x-ratelimit-shadow", b"denied")
 _EMPTY = CheckRequest()
 
 
+#: At most one "redis unavailable" line per this many seconds from the check routes.
+UNAVAILABLE_LOG_S = 10.0
+
+
 class LeanChecks:
     """ASGI: the check routes here, every other request to ``app`` (the Litestar app)."""
 
@@ -86,6 +90,8 @@ class LeanChecks:
         self._bound: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
         self._spend = Spend(self._degraded, self._decision)
+        self._warned_at = -UNAVAILABLE_LOG_S  # monotonic time of the last "unavailable" line
+        self._unlogged = 0  # degraded checks since that line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -290,8 +296,8 @@ class LeanChecks:
         self._metrics.degraded.labels(policy).inc(count)
         decision = "degraded_allowed" if policy == "open" else "degraded_denied"
         self._decision("unknown", decision).inc(count)
+        self._log_unavailable(exc, count, policy)
         if policy == "closed":
-            _log.warning("redis unavailable: %s", exc)
             raise _AnswerError(
                 503,
                 "redis_unavailable",
@@ -300,6 +306,23 @@ class LeanChecks:
             )
         # Fail open: allow, and say plainly that nothing was enforced.
         return 200, open_body, [_NOT_ENFORCED]
+
+    def _log_unavailable(self, exc: RedisUnavailableError, count: int, policy: str) -> None:
+        """One line per UNAVAILABLE_LOG_S at most, however many checks an outage fails
+        (the metrics count every one)."""
+        self._unlogged += count
+        now = time.monotonic()
+        if now - self._warned_at < UNAVAILABLE_LOG_S:
+            return
+        _log.warning(
+            "redis unavailable: %s; %d check(s) answered by FAILURE_POLICY=%s since the last "
+            "such line (at most one every %g s)",
+            exc,
+            self._unlogged,
+            policy,
+            UNAVAILABLE_LOG_S,
+        )
+        self._warned_at, self._unlogged = now, 0
 
     def _decision(self, algorithm: str, decision: str) -> Any:
         child = self._decisions.get((algorithm, decision))

@@ -11,6 +11,7 @@ from core.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from core.config_store import ConfigStore
+    from core.domains import DomainSync
     from core.gateway import Gateway
     from core.keys import KeySpace
     from core.limiter import Limiter
@@ -32,6 +33,7 @@ class Services:
     hub: NotificationHub
     mutations: Mutations
     policies: PolicySync
+    domains: DomainSync
     metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
     drain: Drain = field(default_factory=Drain)

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ACQUIRE",
     "APPLY",
+    "APPLY_DOCUMENT",
     "APPLY_POLICY",
     "CHECK",
     "CHECK_ALL",
+    "CHECK_GROUP",
     "CHECK_MANY",
     "FINISH",
     "READ_POLICIES",
@@ -118,7 +120,9 @@ CHECK_MANY = Script.from_source("check_many", _DECIDE + "\n" + _read("check_many
 ACQUIRE = Script.from_source("acquire", _DECIDE + "\n" + _read("acquire.lua"))
 REFUND = Script.from_source("refund", _DECIDE + "\n" + _read("refund.lua"))
 RELEASE = Script.from_source("release", _read("release.lua"))
+CHECK_GROUP = Script.from_source("check_group", _DECIDE + "\n" + _read("check_group.lua"))
 APPLY = Script.from_source("apply", _read("apply.lua"))
 APPLY_POLICY = Script.from_source("apply_policy", _read("apply_policy.lua"))
+APPLY_DOCUMENT = Script.from_source("apply_document", _read("apply_document.lua"))
 READ_POLICIES = Script.from_source("read_policies", _read("read_policies.lua"))
 FINISH = Script.from_source("finish", _read("finish.lua"))
