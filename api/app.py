@@ -28,6 +28,7 @@ from api.probes import PROBE_ROUTES
 from api.rls.routes import RLS_ROUTES
 from api.routes import ROUTES
 from api.services import Services
+from api.spend import SPEND_ROUTES
 from api.tickets import redact_ticket_in_span
 from core.config_store import ConfigStore
 from core.domains import DomainSync
@@ -189,6 +190,7 @@ def create_app(
             *ROUTES,
             *POLICY_ROUTES,
             *BATCH_ROUTES,
+            *SPEND_ROUTES,
             *NOTIFICATION_ROUTES,
             *ADMIN_ROUTES,
             *RLS_ROUTES,

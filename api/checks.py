@@ -1,5 +1,6 @@
 """The check routes, served before Litestar's router: ``POST /rate-limit/{key}/check`` and
-``POST /check``.
+``POST /check`` (and beside them the spend primitives of :mod:`api.spend`:
+``/rate-limit/{key}/acquire``, ``/release``, ``/refund``).
 
 A check is most of the traffic, and the framework's per-request machinery (routing,
 dependency resolution, parameter parsing, response objects, middleware stacks) cost three
@@ -26,7 +27,10 @@ from opentelemetry.trace import SpanKind
 
 from api.auth import bearer_refusal
 from api.headers import Header, rate_limit_headers
-from api.strict import decode_whole_numbers, validation_problem
+from api.lean import AnswerError as _AnswerError
+from api.lean import bad as _bad
+from api.lean import decode_body as _decode
+from api.spend import ACQUIRE, REFUND, RELEASE, Spend
 from core.errors import LimitValidationError, RedisUnavailableError
 from core.keys import validate_key
 from schemas.http import (
@@ -56,6 +60,8 @@ _access = logging.getLogger("throttler.access")
 
 SINGLE = "/rate-limit/{key}/check"
 BATCH = "/check"
+#: The routes of one key, by the last segment of their path.
+_KEY_ROUTES = {"check": SINGLE, "acquire": ACQUIRE, "release": RELEASE, "refund": REFUND}
 
 _encode = msgspec.json.Encoder().encode
 _check_body = msgspec.json.Decoder(CheckRequest | None, strict=True)
@@ -64,21 +70,6 @@ _JSON: Header = (b"content-type", b"application/json")
 _NOT_ENFORCED: Header = (b"x-ratelimit-enforced", b"false")
 _SHADOW_DENIED: Header = (b"x-ratelimit-shadow", b"denied")
 _EMPTY = CheckRequest()
-
-
-class _AnswerError(Exception):
-    """An error answer, raised from anywhere in a request and sent by :meth:`_serve`."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: list[Header] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or []
-
-
-def _bad(message: str) -> _AnswerError:
-    return _AnswerError(400, "validation_error", message)
 
 
 #: At most one "redis unavailable" line per this many seconds from the check routes.
@@ -98,6 +89,7 @@ class LeanChecks:
         self._access = settings.access_log_checks
         self._bound: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
+        self._spend = Spend(self._degraded, self._decision)
         self._warned_at = -UNAVAILABLE_LOG_S  # monotonic time of the last "unavailable" line
         self._unlogged = 0  # degraded checks since that line
 
@@ -111,10 +103,15 @@ class LeanChecks:
             if path == BATCH:
                 await self._serve(BATCH, "", scope, receive, send)
                 return
-            if path.startswith("/rate-limit/") and path.endswith("/check"):
-                key = path[12:-6]
-                if key and ("/" not in key or b"%2f" in scope.get("raw_path", b"").lower()):
-                    await self._serve(SINGLE, key, scope, receive, send)
+            if path.startswith("/rate-limit/"):
+                key, _, last = path[12:].rpartition("/")
+                route = _KEY_ROUTES.get(last)
+                if (
+                    route is not None
+                    and key
+                    and ("/" not in key or b"%2f" in scope.get("raw_path", b"").lower())
+                ):
+                    await self._serve(route, key, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
@@ -172,7 +169,7 @@ class LeanChecks:
             message, challenge = refusal
             challenge_header = (b"www-authenticate", challenge.encode())
             raise _AnswerError(401, "unauthorized", message, [challenge_header])
-        if route == SINGLE:
+        if route != BATCH:
             try:
                 validate_key(key)
             except Exception as exc:
@@ -180,7 +177,9 @@ class LeanChecks:
         body = await self._body(scope, receive)
         if route == SINGLE:
             return await self._single(services, key, body)
-        return await self._batch(services, body)
+        if route == BATCH:
+            return await self._batch(services, body)
+        return await self._spend.answer(route, services, key, body)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         length = _header(scope, b"content-length")
@@ -214,7 +213,9 @@ class LeanChecks:
             )
         started = time.perf_counter()
         try:
-            result = await services.limiter.check(key, request.tokens, inline)
+            result = await services.limiter.check(
+                key, request.tokens, inline, max_wait_ms=request.max_wait_ms
+            )
         except LimitValidationError as exc:
             self._decision("unknown", "rejected").inc()
             raise _bad(str(exc)) from None
@@ -237,6 +238,7 @@ class LeanChecks:
                 result.reset_after_ms,
                 policy=result.policy,
                 shadow=shadow,
+                wait_ms=result.wait_ms if request.max_wait_ms else None,
             )
             return 200, _encode(allowed), headers
         self._decision(result.algorithm, "denied").inc()
@@ -362,28 +364,6 @@ def _header(scope: Scope, name: bytes) -> str:
         if key == name:
             return str(value.decode("latin-1"))
     return ""
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    try:
-        try:
-            return decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            if "got `float`" not in str(exc):
-                raise
-            # 10.0 is an integer in JSON Schema (api.strict); only such bodies take this path.
-            return decode_whole_numbers(body, decoder.type)
-    except msgspec.ValidationError as exc:
-        field, message = validation_problem(exc)
-        if field is None and message.startswith("Expected"):  # the body's own type
-            message = f"JSON body: {message}"
-        raise _bad(f"{field}: {message}" if field else message) from None
-    except msgspec.DecodeError as exc:
-        raise _bad(f"malformed JSON body: {exc}") from None
-    except UnicodeDecodeError:
-        raise _bad("malformed JSON body: not valid UTF-8") from None
-    except RecursionError:
-        raise _bad("malformed JSON body: nested too deeply") from None
 
 
 def _batch_result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResult:

@@ -188,6 +188,18 @@ def policy_phase(url: str, seconds: float) -> float:
     return float(wrk(url, "single", connections=32, seconds=seconds)["rps"])
 
 
+def lease_phase(url: str, seconds: float) -> dict[str, float]:
+    """Acquire and release pairs on one key with a concurrency limit far above what the
+    connections can hold (every acquire succeeds): pairs/s, beside the check rate."""
+    key = "lease:bench"
+    limit = {"requests": 100_000, "window_ms": 60_000, "algorithm": "concurrency"}
+    put = httpx.post(f"{url}/rate-limit/{key}", json=limit)
+    if put.status_code not in (200, 201):
+        raise BenchError(f"lease: POST answered {put.status_code} {put.text}")
+    run = wrk(url, "lease", connections=32, seconds=seconds)
+    return {"pairs_per_s": round(run["rps"] / 2, 1), "p50_ms": run["p50_ms"]}
+
+
 RLS_DOMAIN = """\
 domain: bench
 descriptors:
@@ -277,7 +289,8 @@ def redis_benchmark(port: int, seconds: float) -> float:
     client.close()
     requests = int(60_000 * seconds)
     argv = ["redis-benchmark", "-p", str(port), "-c", "32", "-P", str(BATCH), "-r", "100000"]
-    argv += ["-n", str(requests), "--csv", "EVALSHA", CHECK.sha, "2", *names, *map(str, args)]
+    argv += ["-n", str(requests), "--csv", "EVALSHA", CHECK.sha, str(len(names)), *names]
+    argv += [str(a) for a in args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     rows = [r for r in done.stdout.splitlines() if r.startswith('"EVALSHA')]
     if done.returncode != 0 or not rows:
@@ -418,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         results["redis"] = redis.Redis(port=port).info("server")["redis_version"]
         results["service"] = service_phases(a, args.seconds, args.rounds)
         results["service"]["policy_check_rps"] = policy_phase(a, args.seconds)
+        results["service"]["leases"] = lease_phase(a, args.seconds)
         results["rls"] = rls_phase(a, rls, port, args.seconds)
         results["redis_benchmark_checks_per_s"] = redis_benchmark(port, args.seconds)
         b = serve(stack, port, "--no-worker")
@@ -444,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"checks under a two-limit policy {s['policy_check_rps']:,.0f}/s "
         f"({s['policy_check_rps'] / s['check_rps']:.2f}x the single-limit rate)"
+    )
+    pairs = s["leases"]["pairs_per_s"]
+    print(
+        f"acquire+release pairs {pairs:,.0f}/s ({2 * pairs / s['check_rps']:.2f}x the check "
+        f"rate in requests), p50 {s['leases']['p50_ms']} ms"
     )
     r1, r3 = results["rls"]["descriptors_1"], results["rls"]["descriptors_3"]
     print(

@@ -53,6 +53,7 @@ class KeySpace:
     """Key and channel names under one prefix (``KEY_PREFIX``)."""
 
     __slots__ = (
+        "_leases_fmt",
         "_limit_fmt",
         "_log_fmt",
         "audit_stream",
@@ -74,6 +75,7 @@ class KeySpace:
         self.prefix = prefix
         self._limit_fmt = prefix + ":{%s}"
         self._log_fmt = prefix + ":{%s}:l"
+        self._leases_fmt = prefix + ":{%s}:c"
         # The three streams share the hash tag {<prefix>}: one script acks a config entry
         # and records its outcome atomically, so they must live in one cluster slot.
         self.config_stream = f"{{{prefix}}}:config"
@@ -100,9 +102,13 @@ class KeySpace:
         """The sorted set logging a key's admitted checks, for its sliding-window limits."""
         return self._log_fmt % key
 
+    def leases(self, key: str) -> str:
+        """The sorted set of the leases a key's concurrency limits hold (id -> expiry)."""
+        return self._leases_fmt % key
+
     def script_keys(self, key: str) -> list[str]:
         """KEYS of the check and apply scripts for one key (one hash slot)."""
-        return [self._limit_fmt % key, self._log_fmt % key]
+        return [self._limit_fmt % key, self._log_fmt % key, self._leases_fmt % key]
 
     @staticmethod
     def descriptor_key(domain: str, entries: Sequence[tuple[str, str]]) -> str:

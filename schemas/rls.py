@@ -72,6 +72,11 @@ class RlsRateLimit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     burst: Burst | None = None
 
     def __post_init__(self) -> None:
+        if self.algorithm == "concurrency":
+            raise ValueError(
+                "rate_limit: algorithm concurrency limits leases (POST /rate-limit/{key}/"
+                "acquire), which Envoy's protocol has no call for"
+            )
         if self.unlimited:
             if self.unit is not None or self.window_ms is not None:
                 raise ValueError("rate_limit: unlimited takes no unit or window_ms")

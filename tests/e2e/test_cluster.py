@@ -115,7 +115,7 @@ def test_every_script_call_touches_one_hash_slot(prefix: str) -> None:
     for key in KEYS:
         check_keys, _ = limiter.script_args(key, 1)
         apply_keys, _ = store.script_args(key, Limit(requests=1, window_ms=1), "1-1")
-        assert check_keys == apply_keys == [space.limit(key), space.log(key)]
+        assert check_keys == apply_keys == [space.limit(key), space.log(key), space.leases(key)]
         assert len(slots(check_keys)) == 1, (CHECK.name, APPLY.name, key)
         assert f"{{{key}}}" in space.limit(key)  # the tag is the key itself
     # FINISH acks on the config stream and appends to the audit or dead-letter stream.

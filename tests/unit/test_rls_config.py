@@ -138,6 +138,11 @@ def test_wildcards_match_by_prefix_first_listed_first() -> None:
             "      requests_per_unit: 200000\n      algorithm: sliding_window\n",
             "100000",
         ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n"
+            "      requests_per_unit: 2\n      algorithm: concurrency\n",
+            "leases",
+        ),
         ("domain: d\n---\ndomain: d\n", "also defined"),
     ],
 )
