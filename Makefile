@@ -8,13 +8,15 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-valkey lint typecheck unit bench schema clean help audit
+.PHONY: run test test-valkey test-sentinel lint typecheck unit bench schema rls-stubs clean help audit
 
 help:
 	@echo "make run          start the API (+ in-process worker; embedded Redis unless REDIS_URL)"
 	@echo "make test         lint, type-check and run the whole suite against a real Redis"
 	@echo "make test-valkey  run the core suite against Valkey (the embedded server)"
 	@echo "make audit        pip-audit the locked dependency set (.ci/audit)"
+	@echo "make rls-stubs    regenerate api/rls/proto/rls_pb2*.py from rls.proto (committed; needs the dev extras)"
+	@echo "make test-sentinel  only the Sentinel failover tests (primary, replica, 3 Sentinels; ~1 min)"
 	@echo "make bench        run the benchmark (wrk, redis-benchmark, tests/benchmarks); writes bench/results.json"
 
 $(RUN_STAMP): pyproject.toml
@@ -50,9 +52,19 @@ test-valkey: $(TEST_STAMP)
 audit: $(TEST_STAMP)
 	bash .ci/audit
 
+# Also part of `make test`; THROTTLER_TEST_SERVER=valkey runs them on Valkey.
+test-sentinel: $(TEST_STAMP)
+	$(BIN)/pytest -q -m sentinel
+
 bench: $(TEST_STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .venv-audit .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+
+# The Envoy RLS stubs are committed (a plain `pip install -e .` needs no protoc); regenerate
+# them after editing api/rls/proto/rls.proto.
+rls-stubs: $(TEST_STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. api/rls/proto/rls.proto

@@ -26,11 +26,14 @@ from api.observability import ObservedApp, metrics_route, name_server_span, span
 from api.openapi import complete_document, openapi_config
 from api.policies import POLICY_ROUTES
 from api.probes import PROBE_ROUTES
+from api.rls.routes import RLS_ROUTES
 from api.routes import ROUTES
 from api.services import Services
+from api.spend import SPEND_ROUTES
 from api.throttle import AddressThrottle, ListenerSlots
 from api.tickets import redact_ticket_in_span
 from core.config_store import ConfigStore
+from core.domains import DomainSync
 from core.errors import RedisUnavailableError
 from core.gateway import Gateway, describe
 from core.keys import KeySpace
@@ -45,7 +48,7 @@ from schemas.limits import Limit
 if TYPE_CHECKING:
     from core.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["Hook", "build_services", "create_app"]
 
 _log = logging.getLogger("throttler.api")
 
@@ -64,6 +67,8 @@ def build_services(
     table = PolicyTable(Resolved.of(None, (default,)))
     policies = PolicySync(gateway, keys, table)
     hub.on_policy_change(policies.changed)
+    domains = DomainSync(gateway, keys)
+    hub.on_domain_change(domains.changed)
     drain = drain or Drain()
     drain.on_begin(hub.end_listeners)  # open notification streams end when the drain begins
     limiter = Limiter(gateway, keys, table, inline_ttl_ms=settings.inline_limit_ttl_ms)
@@ -99,6 +104,7 @@ def build_services(
             wait_s=settings.redis_timeout_ms / 2000,
         ),
         listeners=ListenerSlots(settings.max_listeners, settings.max_listeners_per_client),
+        domains=domains,
         telemetry=telemetry,
         drain=drain,
     )
@@ -164,7 +170,9 @@ def create_app(
             await services.hub.subscribed.wait()
         with suppress(RedisUnavailableError):  # else the policy loop loads them later
             await services.policies.load()
+            await services.domains.load()
         policy_task = asyncio.create_task(services.policies.run(), name="policies")
+        domain_task = asyncio.create_task(services.domains.run(), name="rls-domains")
         try:
             async with AsyncExitStack() as stack:
                 for hook in hooks:
@@ -176,7 +184,7 @@ def create_app(
         finally:
             if lean is not None:
                 lean.services = None
-            for task in (hub_task, policy_task):
+            for task in (hub_task, policy_task, domain_task):
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
@@ -204,8 +212,10 @@ def create_app(
             *ROUTES,
             *POLICY_ROUTES,
             *BATCH_ROUTES,
+            *SPEND_ROUTES,
             *NOTIFICATION_ROUTES,
             *ADMIN_ROUTES,
+            *RLS_ROUTES,
             metrics_route,
         ],
         plugins=plugins,

@@ -1,5 +1,6 @@
 """The check routes, served before Litestar's router: ``POST /rate-limit/{key}/check`` and
-``POST /check``.
+``POST /check`` (and beside them the spend primitives of :mod:`api.spend`:
+``/rate-limit/{key}/acquire``, ``/release``, ``/refund``).
 
 A check is most of the traffic, and the framework's per-request machinery (routing,
 dependency resolution, parameter parsing, response objects, middleware stacks) cost three
@@ -26,7 +27,10 @@ from opentelemetry.trace import SpanKind
 
 from api.auth import WRONG_TOKEN, bearer_refusal, throttled_message
 from api.headers import Header, rate_limit_headers
-from api.strict import decode_whole_numbers, validation_problem
+from api.lean import AnswerError as _AnswerError
+from api.lean import bad as _bad
+from api.lean import decode_body as _decode
+from api.spend import ACQUIRE, REFUND, RELEASE, Spend
 from api.throttle import client_address
 from core.errors import LimitValidationError, RedisUnavailableError
 from core.keys import validate_key
@@ -57,6 +61,8 @@ _access = logging.getLogger("throttler.access")
 
 SINGLE = "/rate-limit/{key}/check"
 BATCH = "/check"
+#: The routes of one key, by the last segment of their path.
+_KEY_ROUTES = {"check": SINGLE, "acquire": ACQUIRE, "release": RELEASE, "refund": REFUND}
 
 _encode = msgspec.json.Encoder().encode
 _check_body = msgspec.json.Decoder(CheckRequest | None, strict=True)
@@ -67,19 +73,8 @@ _SHADOW_DENIED: Header = (b"x-ratelimit-shadow", b"denied")
 _EMPTY = CheckRequest()
 
 
-class _AnswerError(Exception):
-    """An error answer, raised from anywhere in a request and sent by :meth:`_serve`."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: list[Header] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or []
-
-
-def _bad(message: str) -> _AnswerError:
-    return _AnswerError(400, "validation_error", message)
+#: At most one "redis unavailable" line per this many seconds from the check routes.
+UNAVAILABLE_LOG_S = 10.0
 
 
 class LeanChecks:
@@ -95,6 +90,9 @@ class LeanChecks:
         self._access = settings.access_log_checks
         self._bound: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
+        self._spend = Spend(self._degraded, self._decision)
+        self._warned_at = -UNAVAILABLE_LOG_S  # monotonic time of the last "unavailable" line
+        self._unlogged = 0  # degraded checks since that line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -106,10 +104,15 @@ class LeanChecks:
             if path == BATCH:
                 await self._serve(BATCH, "", scope, receive, send)
                 return
-            if path.startswith("/rate-limit/") and path.endswith("/check"):
-                key = path[12:-6]
-                if key and ("/" not in key or b"%2f" in scope.get("raw_path", b"").lower()):
-                    await self._serve(SINGLE, key, scope, receive, send)
+            if path.startswith("/rate-limit/"):
+                key, _, last = path[12:].rpartition("/")
+                route = _KEY_ROUTES.get(last)
+                if (
+                    route is not None
+                    and key
+                    and ("/" not in key or b"%2f" in scope.get("raw_path", b"").lower())
+                ):
+                    await self._serve(route, key, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
@@ -165,7 +168,7 @@ class LeanChecks:
         token = self._settings.check_token
         if token is not None:
             await self._authenticate(services, scope, token)
-        if route == SINGLE:
+        if route != BATCH:
             try:
                 validate_key(key)
             except Exception as exc:
@@ -173,7 +176,9 @@ class LeanChecks:
         body = await self._body(scope, receive)
         if route == SINGLE:
             return await self._single(services, key, body)
-        return await self._batch(services, body)
+        if route == BATCH:
+            return await self._batch(services, body)
+        return await self._spend.answer(route, services, key, body)
 
     async def _authenticate(self, services: Services, scope: Scope, token: str) -> None:
         """CHECK_TOKEN; a wrong one counts against the client's address (api.throttle)."""
@@ -227,7 +232,9 @@ class LeanChecks:
             )
         started = time.perf_counter()
         try:
-            result = await services.limiter.check(key, request.tokens, inline)
+            result = await services.limiter.check(
+                key, request.tokens, inline, max_wait_ms=request.max_wait_ms
+            )
         except LimitValidationError as exc:
             self._decision("unknown", "rejected").inc()
             raise _bad(str(exc)) from None
@@ -250,6 +257,7 @@ class LeanChecks:
                 result.reset_after_ms,
                 policy=result.policy,
                 shadow=shadow,
+                wait_ms=result.wait_ms if request.max_wait_ms else None,
             )
             return 200, _encode(allowed), headers
         self._decision(result.algorithm, "denied").inc()
@@ -307,8 +315,8 @@ class LeanChecks:
         self._metrics.degraded.labels(policy).inc(count)
         decision = "degraded_allowed" if policy == "open" else "degraded_denied"
         self._decision("unknown", decision).inc(count)
+        self._log_unavailable(exc, count, policy)
         if policy == "closed":
-            _log.warning("redis unavailable: %s", exc)
             raise _AnswerError(
                 503,
                 "redis_unavailable",
@@ -317,6 +325,23 @@ class LeanChecks:
             )
         # Fail open: allow, and say plainly that nothing was enforced.
         return 200, open_body, [_NOT_ENFORCED]
+
+    def _log_unavailable(self, exc: RedisUnavailableError, count: int, policy: str) -> None:
+        """One line per UNAVAILABLE_LOG_S at most, however many checks an outage fails
+        (the metrics count every one)."""
+        self._unlogged += count
+        now = time.monotonic()
+        if now - self._warned_at < UNAVAILABLE_LOG_S:
+            return
+        _log.warning(
+            "redis unavailable: %s; %d check(s) answered by FAILURE_POLICY=%s since the last "
+            "such line (at most one every %g s)",
+            exc,
+            self._unlogged,
+            policy,
+            UNAVAILABLE_LOG_S,
+        )
+        self._warned_at, self._unlogged = now, 0
 
     def _decision(self, algorithm: str, decision: str) -> Any:
         child = self._decisions.get((algorithm, decision))
@@ -358,28 +383,6 @@ def _header(scope: Scope, name: bytes) -> str:
         if key == name:
             return str(value.decode("latin-1"))
     return ""
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    try:
-        try:
-            return decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            if "got `float`" not in str(exc):
-                raise
-            # 10.0 is an integer in JSON Schema (api.strict); only such bodies take this path.
-            return decode_whole_numbers(body, decoder.type)
-    except msgspec.ValidationError as exc:
-        field, message = validation_problem(exc)
-        if field is None and message.startswith("Expected"):  # the body's own type
-            message = f"JSON body: {message}"
-        raise _bad(f"{field}: {message}" if field else message) from None
-    except msgspec.DecodeError as exc:
-        raise _bad(f"malformed JSON body: {exc}") from None
-    except UnicodeDecodeError:
-        raise _bad("malformed JSON body: not valid UTF-8") from None
-    except RecursionError:
-        raise _bad("malformed JSON body: nested too deeply") from None
 
 
 def _batch_result(key: str, outcome: CheckResult | LimitValidationError) -> BatchResult:

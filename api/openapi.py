@@ -5,8 +5,8 @@ Litestar derives paths, parameters and bodies from the handlers. This module add
 cannot know: the bearer-token security schemes, the response headers (``X-RateLimit-*``,
 ``RateLimit*``, ``Retry-After``, ``WWW-Authenticate``), ``additionalProperties: false`` on
 bodies that reject unknown fields, and the limit rules a JSON Schema can state
-(``burst`` only for token_bucket and gcra; at most 100,000 requests for sliding_window; an
-inline limit needs ``requests`` and ``window_ms`` together).
+(``burst`` only for token_bucket and gcra; at most 100,000 requests for sliding_window and
+concurrency; an inline limit needs ``requests`` and ``window_ms`` together).
 """
 
 from __future__ import annotations
@@ -26,9 +26,18 @@ from litestar.openapi.spec import (
 
 from api.docs_ui import OfflineSwaggerUI
 from core.version import VERSION
-from schemas.http import BatchItem, BatchRequest, CheckRequest, LimitBody
+from schemas.http import (
+    AcquireRequest,
+    BatchItem,
+    BatchRequest,
+    CheckRequest,
+    LimitBody,
+    RefundRequest,
+    ReleaseRequest,
+)
 from schemas.limits import (
     KEY_PATTERN,
+    MAX_LEASES,
     MAX_SLIDING_REQUESTS,
     MAX_WINDOW_MS,
     PATTERN_PATTERN,
@@ -138,14 +147,28 @@ _HEADERS: dict[tuple[str, str, str], dict[str, OpenAPIHeader]] = {
         "Retry-After": _RETRY_AFTER,
     },
     ("post", "/check", "200"): {"X-RateLimit-Enforced": _ENFORCED},
+    ("post", "/rate-limit/{key}/acquire", "200"): {
+        **_rate_limit_headers(required=False),  # absent when not enforced (fail open)
+        "X-RateLimit-Enforced": _ENFORCED,
+    },
+    ("post", "/rate-limit/{key}/acquire", "429"): {
+        **_rate_limit_headers(required=True),
+        "Retry-After": _RETRY_AFTER,
+    },
+    ("post", "/rate-limit/{key}/refund", "200"): _rate_limit_headers(required=True),
 }
 
 #: Rules a JSON Schema can state beyond each field's own range (the API enforces all).
 _WINDOWS = Schema(
-    properties={"algorithm": Schema(enum=["sliding_window", "fixed_window"])},
+    properties={"algorithm": Schema(enum=["sliding_window", "fixed_window", "concurrency"])},
     required=["algorithm"],
 )
-_SLIDING = Schema(properties={"algorithm": Schema(const="sliding_window")}, required=["algorithm"])
+# The exact log and the leases store one entry each: the same cap.
+assert MAX_SLIDING_REQUESTS == MAX_LEASES
+_SLIDING = Schema(
+    properties={"algorithm": Schema(enum=["sliding_window", "concurrency"])},
+    required=["algorithm"],
+)
 _LIMIT_RULES = [
     Schema(schema_if=_WINDOWS, then=Schema(properties={"burst": Schema(type=OpenAPIType.NULL)})),
     Schema(
@@ -206,6 +229,9 @@ _BODIES: tuple[type[msgspec.Struct], ...] = (
     BatchItem,
     LimitBody,
     Policy,
+    AcquireRequest,
+    ReleaseRequest,
+    RefundRequest,
 )
 
 

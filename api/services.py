@@ -12,6 +12,7 @@ from core.telemetry import Telemetry
 if TYPE_CHECKING:
     from api.throttle import AddressThrottle, ListenerSlots
     from core.config_store import ConfigStore
+    from core.domains import DomainSync
     from core.gateway import Gateway
     from core.keys import KeySpace
     from core.limiter import Limiter
@@ -36,6 +37,7 @@ class Services:
     auth_failures: AddressThrottle
     mutation_limit: AddressThrottle
     listeners: ListenerSlots
+    domains: DomainSync
     metrics: Metrics = field(default_factory=Metrics)
     telemetry: Telemetry = field(default_factory=Telemetry)
     drain: Drain = field(default_factory=Drain)

@@ -3,11 +3,16 @@
 --   BENCH_MODE  "single": POST /rate-limit/<random key>/check with no body
 --               "batch":  POST /check with BENCH_BATCH random keys
 --               "get":    the URL as given (GET)
+--               "lease":  acquire and release pairs on BENCH_LEASE_KEY: POST .../acquire,
+--                         and for every lease an answer hands out, POST .../release
 --   BENCH_KEYS  how many distinct keys to draw from (default 100000)
 local mode = os.getenv("BENCH_MODE") or "get"
 local keys = tonumber(os.getenv("BENCH_KEYS") or "100000")
 local batch = tonumber(os.getenv("BENCH_BATCH") or "100")
+local lease_key = os.getenv("BENCH_LEASE_KEY") or "lease:bench"
 local threads = {}
+local leases = {}                   -- lease ids handed out and not yet released (FIFO)
+local first, last = 1, 0
 
 function setup(thread)
   thread:set("id", #threads + 1)
@@ -26,6 +31,15 @@ end
 function request()
   if mode == "single" then
     return wrk.format("POST", "/rate-limit/" .. key() .. "/check")
+  elseif mode == "lease" then
+    if first <= last then
+      local lease = leases[first]
+      leases[first] = nil
+      first = first + 1
+      return wrk.format("POST", "/rate-limit/" .. lease_key .. "/release",
+                        {["Content-Type"] = "application/json"}, '{"lease":"' .. lease .. '"}')
+    end
+    return wrk.format("POST", "/rate-limit/" .. lease_key .. "/acquire")
   elseif mode == "batch" then
     local items = {}
     for i = 1, batch do
@@ -39,6 +53,13 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  if mode == "lease" and status == 200 then
+    local lease = string.match(body, '"lease":"([^"]+)"')
+    if lease then
+      last = last + 1
+      leases[last] = lease
+    end
+  end
 end
 
 function done(summary, latency, requests)

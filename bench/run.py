@@ -87,7 +87,7 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-def serve(stack: ExitStack, redis_port: int, *args: str) -> str:
+def serve(stack: ExitStack, redis_port: int, *args: str, rls: str = "off") -> str:
     port = free_port()
     env = {
         **os.environ,
@@ -101,6 +101,7 @@ def serve(stack: ExitStack, redis_port: int, *args: str) -> str:
         # Saturated on a shared machine, the process can be starved past the default 500 ms:
         # the benchmark measures throughput, not the failure policy.
         "REDIS_TIMEOUT_MS": "2000",
+        "RLS_BIND_ADDRESS": rls,  # Envoy's RLS: a free port where measured, else off
     }
     stack.enter_context(process([sys.executable, "-m", "throttler", "serve", *args], env))
     url = f"http://127.0.0.1:{port}"
@@ -187,6 +188,90 @@ def policy_phase(url: str, seconds: float) -> float:
     return float(wrk(url, "single", connections=32, seconds=seconds)["rps"])
 
 
+def lease_phase(url: str, seconds: float) -> dict[str, float]:
+    """Acquire and release pairs on one key with a concurrency limit far above what the
+    connections can hold (every acquire succeeds): pairs/s, beside the check rate."""
+    key = "lease:bench"
+    limit = {"requests": 100_000, "window_ms": 60_000, "algorithm": "concurrency"}
+    put = httpx.post(f"{url}/rate-limit/{key}", json=limit)
+    if put.status_code not in (200, 201):
+        raise BenchError(f"lease: POST answered {put.status_code} {put.text}")
+    run = wrk(url, "lease", connections=32, seconds=seconds)
+    return {"pairs_per_s": round(run["rps"] / 2, 1), "p50_ms": run["p50_ms"]}
+
+
+RLS_DOMAIN = """\
+domain: bench
+descriptors:
+  - {key: k0, rate_limit: {unit: second, requests_per_unit: 1000000}}
+  - {key: k1, rate_limit: {unit: second, requests_per_unit: 1000000}}
+  - {key: k2, rate_limit: {unit: second, requests_per_unit: 1000000}}
+"""
+
+
+def _grpc_body(descriptors: int) -> bytes:
+    """One ShouldRateLimit request as gRPC frames it (uncompressed, 4-byte length)."""
+    from api.rls.proto import rls_pb2 as pb
+
+    message = pb.RateLimitRequest(
+        domain="bench",
+        descriptors=[
+            pb.RateLimitDescriptor(entries=[pb.RateLimitDescriptor.Entry(key=f"k{i}", value="v")])
+            for i in range(descriptors)
+        ],
+    ).SerializeToString()
+    frame: bytes = b"\x00" + len(message).to_bytes(4, "big") + message
+    return frame
+
+
+def _rls_decisions(url: str) -> float:
+    """ShouldRateLimit calls answered OK or OVER_LIMIT so far (the service's /metrics)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("throttler_rls_requests_total{") and (
+            'result="ok"' in line or 'result="over_limit"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def rls_phase(url: str, rls: str, redis_port: int, seconds: float) -> dict[str, Any]:
+    """ShouldRateLimit decisions/s, with one descriptor and with three, under limits never
+    reached. The load is h2load (nghttp2): 4 HTTP/2 connections, 16 calls in flight on
+    each, as Envoy multiplexes calls; a Python gRPC client could not load the server (it
+    topped out below a bare grpc.aio server's rate). h2load cannot read gRPC trailers, so
+    the decisions are counted by the service itself (throttler_rls_requests_total)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as config:
+        config.write(RLS_DOMAIN)
+        config.flush()
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+               "KEY_PREFIX": PREFIX}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "throttler", "apply", config.name, "--wait"],
+            env=env, capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"rls: apply failed: {done.stdout}{done.stderr}")
+    _until(lambda: httpx.get(f"{url}/rls/domains/bench").status_code == 200, "RLS domain")
+    out: dict[str, Any] = {}
+    path = f"http://{rls}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    for count in (1, 1, 3):  # the first run warms up
+        with tempfile.NamedTemporaryFile(suffix=".bin") as body:
+            body.write(_grpc_body(count))
+            body.flush()
+            argv = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "16", "-d", body.name,
+                    "-H", "content-type: application/grpc", "-H", "te: trailers", path]  # fmt: skip
+            before, began = _rls_decisions(url), time.monotonic()
+            run = subprocess.run(argv, capture_output=True, text=True, check=False)
+            elapsed = time.monotonic() - began
+            if run.returncode != 0:
+                raise BenchError(f"h2load failed: {run.stdout}{run.stderr}")
+        decided = _rls_decisions(url) - before
+        out[f"descriptors_{count}"] = {"rps": round(decided / seconds, 1),
+                                       "wall_s": round(elapsed, 2)}  # fmt: skip
+    return out
+
+
 def _limiter() -> Limiter:
     """Builds script arguments only (core's own contract; no gateway needed)."""
     settings = load_settings({}, env_file=None)
@@ -204,7 +289,8 @@ def redis_benchmark(port: int, seconds: float) -> float:
     client.close()
     requests = int(60_000 * seconds)
     argv = ["redis-benchmark", "-p", str(port), "-c", "32", "-P", str(BATCH), "-r", "100000"]
-    argv += ["-n", str(requests), "--csv", "EVALSHA", CHECK.sha, "2", *names, *map(str, args)]
+    argv += ["-n", str(requests), "--csv", "EVALSHA", CHECK.sha, str(len(names)), *names]
+    argv += [str(a) for a in args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     rows = [r for r in done.stdout.splitlines() if r.startswith('"EVALSHA')]
     if done.returncode != 0 or not rows:
@@ -292,6 +378,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float, bool]]:
         ("sequential check p50 / /health p50", "<= 2.0", sequential),
         ("batch checks/s / redis-benchmark EVALSHA", ">= 0.8", batch),
     ]
+    if "rls" in r:
+        rls_rps = r["rls"]["descriptors_1"]["rps"]
+        rows.append(
+            ("RLS decisions/s (1 descriptor) / HTTP checks/s", ">= 0.8", rls_rps / s["check_rps"])
+        )
     for ours, theirs in (("fixed_window", "FixedWindow"), ("sliding_window", "MovingWindow")):
         mine, other = (
             ip.get(f"test_throttler_64_tasks[{ours}]"),
@@ -319,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=100_000, help="keys for memory per key")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args(argv)
-    for tool in ("wrk", "redis-server", "redis-benchmark"):
+    for tool in ("wrk", "h2load", "redis-server", "redis-benchmark"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"bench: {tool} not found (apt-get install wrk redis-server)")
+            raise SystemExit(
+                f"bench: {tool} not found (apt-get install wrk nghttp2-client redis-server)"
+            )
     started = time.time()
     results: dict[str, Any] = {
         "version": VERSION,
@@ -333,10 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     with ExitStack() as stack:
         port = redis_server(stack)
-        a = serve(stack, port)
+        rls = f"127.0.0.1:{free_port()}"
+        a = serve(stack, port, rls=rls)
         results["redis"] = redis.Redis(port=port).info("server")["redis_version"]
         results["service"] = service_phases(a, args.seconds, args.rounds)
         results["service"]["policy_check_rps"] = policy_phase(a, args.seconds)
+        results["service"]["leases"] = lease_phase(a, args.seconds)
+        results["rls"] = rls_phase(a, rls, port, args.seconds)
         results["redis_benchmark_checks_per_s"] = redis_benchmark(port, args.seconds)
         b = serve(stack, port, "--no-worker")
         results["propagation"] = propagation(a, b, 200)
@@ -362,6 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"checks under a two-limit policy {s['policy_check_rps']:,.0f}/s "
         f"({s['policy_check_rps'] / s['check_rps']:.2f}x the single-limit rate)"
+    )
+    pairs = s["leases"]["pairs_per_s"]
+    print(
+        f"acquire+release pairs {pairs:,.0f}/s ({2 * pairs / s['check_rps']:.2f}x the check "
+        f"rate in requests), p50 {s['leases']['p50_ms']} ms"
+    )
+    r1, r3 = results["rls"]["descriptors_1"], results["rls"]["descriptors_3"]
+    print(
+        f"Envoy RLS decisions/s: {r1['rps']:,.0f} with 1 descriptor "
+        f"({r1['rps'] / s['check_rps']:.2f}x the HTTP check rate), {r3['rps']:,.0f} with 3"
     )
     print(f"in-process calls/s: {results['in_process']}")
     print(f"written {args.out}")

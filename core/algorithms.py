@@ -2,8 +2,9 @@
 
 Each function takes the algorithm's state (``None`` for a fresh key), the tokens ``n``, the
 current time ``now`` in microseconds and the limit, and returns the decision and the state
-after it. Arithmetic mirrors the Lua line for line (Lua numbers are IEEE doubles, as are
-Python floats), so the tests can demand the same decisions and the same numbers.
+after it. The buckets also take ``wait_us``: the longest wait a reservation may take
+(``max_wait_ms``; 0: none). Arithmetic mirrors the Lua line for line (Lua numbers are IEEE
+doubles, as are Python floats), so the tests can demand the same decisions and the same numbers.
 No I/O here.
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "fixed_window",
     "gcra",
     "keep_spent",
+    "refilled",
     "sliding_window",
     "token_bucket",
 ]
@@ -43,6 +45,7 @@ class Decision:
     remaining: int
     reset_after_us: int
     retry_after_us: int
+    wait_us: int = 0  #: allowed by a reservation: start after this long
 
 
 def _idiv(a: int, b: int) -> int:
@@ -59,8 +62,31 @@ def _micros_for(d: int, rate: float) -> int:
     return us
 
 
+def refilled(
+    state: TokenBucketState, now: int, requests: int, window_us: int, burst: int
+) -> TokenBucketState:
+    """A bucket's (micro-tokens, credited-up-to time) at ``now``, before a decision."""
+    cap = burst * MICRO
+    rate = requests * MICRO / window_us
+    tokens, t = state
+    if now > t:
+        gained = math.floor((now - t) * rate)
+        if tokens + gained >= cap:
+            return (cap, now)
+        if gained > 0:
+            tokens += gained
+            t += _micros_for(gained, rate)
+    return (min(tokens, cap), t)
+
+
 def token_bucket(
-    state: TokenBucketState | None, n: int, now: int, requests: int, window_us: int, burst: int
+    state: TokenBucketState | None,
+    n: int,
+    now: int,
+    requests: int,
+    window_us: int,
+    burst: int,
+    wait_us: int = 0,
 ) -> tuple[Decision, TokenBucketState | None]:
     cap = burst * MICRO
     rate = requests * MICRO / window_us  # micro-tokens per microsecond
@@ -88,14 +114,28 @@ def token_bucket(
             new_state = (tokens, t)
     else:
         retry = since + _micros_for(need - held, rate) - now
+        if wait_us > 0 and retry <= wait_us:  # a reservation: spend now, start later
+            allowed = True
+            tokens -= need
+            held, since = tokens, t
+            new_state = (tokens, t)
+    wait = 0
+    if allowed:
+        wait, retry = max(retry, 0), 0
     reset = 0
     if tokens < cap:
         reset = since + _micros_for(cap - held, rate) - now
-    return Decision(allowed, burst, _idiv(tokens, MICRO), reset, retry), new_state
+    return Decision(allowed, burst, _idiv(tokens, MICRO), reset, retry, wait), new_state
 
 
 def gcra(
-    state: int | None, n: int, now: int, requests: int, window_us: int, burst: int
+    state: int | None,
+    n: int,
+    now: int,
+    requests: int,
+    window_us: int,
+    burst: int,
+    wait_us: int = 0,
 ) -> tuple[Decision, int | None]:
     interval = math.ceil(window_us / requests)
     tau = interval * burst
@@ -109,13 +149,17 @@ def gcra(
     if allowed:
         if n > 0:
             new_state = stored = new_tat
+    elif wait_us > 0 and allow_at - now <= wait_us:  # a reservation: the tat runs ahead
+        allowed = True
+        new_state = stored = new_tat
     else:
         retry = allow_at - now
         new_tat = tat
+    wait = allow_at - now if allowed and allow_at > now else 0
     room = tau - (new_tat - now)
     remaining = _idiv(room, interval) if room > 0 else 0
     reset = max(0, stored - now)
-    return Decision(allowed, burst, remaining, reset, retry), new_state
+    return Decision(allowed, burst, remaining, reset, retry, wait), new_state
 
 
 def sliding_window(

@@ -4,6 +4,9 @@ After ``failures`` consecutive failures the circuit opens: calls fail at once, w
 touching the network, so a dead Redis costs a check microseconds instead of a timeout.
 After ``cooldown`` one call is let through as a probe (half-open); its success closes the
 circuit, its failure opens it for another cooldown.
+
+The gateway keeps one breaker per Redis node, so ``throttler_circuit_open`` counts the open
+ones (0 or 1 off a cluster).
 """
 
 from __future__ import annotations
@@ -71,15 +74,22 @@ class CircuitBreaker:
         if self._opened_at is not None:
             self._opened_at = None
             if self._metrics is not None:
-                self._metrics.circuit_open.set(0)
+                self._metrics.circuit_open.dec()
+
+    def forget(self) -> None:
+        """The node is gone from the topology: an open circuit no longer counts."""
+        if self._opened_at is not None:
+            self._opened_at = None
+            if self._metrics is not None:
+                self._metrics.circuit_open.dec()
 
     def failure(self) -> None:
         self._failures += 1
         if self._probing or self._failures >= self._threshold:
             self._probing = False
+            if self._opened_at is None and self._metrics is not None:
+                self._metrics.circuit_open.inc()
             self._opened_at = self._clock()
-            if self._metrics is not None:
-                self._metrics.circuit_open.set(1)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` unless the circuit is open; RedisUnavailableError counts as failure."""

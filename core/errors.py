@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = [
     "InvalidKeyError",
     "LimitValidationError",
+    "NoConcurrencyLimitError",
     "NotFoundError",
     "RedisUnavailableError",
     "SettingsError",
@@ -32,6 +33,10 @@ class LimitValidationError(ThrottlerError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class NoConcurrencyLimitError(ThrottlerError):
+    """A lease was asked of a key that has no concurrency limit."""
 
 
 class NotFoundError(ThrottlerError):

@@ -10,6 +10,16 @@ It owns the clients, and is the one place that
 * runs scripts on the hot path: pipelined per node (:mod:`core.lanes`), each node behind a
   circuit breaker of its own, so a dead node costs its own keys a timeout and nothing else.
 
+On a cluster that loses a master, the layout is re-read (``CLUSTER SLOTS``) when a call
+fails (a script or a redis-py command), while a node's circuit is open and on ``MOVED``:
+at most one refresh in flight and at most one every :data:`REFRESH_EVERY_S`, so a promoted
+replica is found within about that time and a dead node's keys cannot start a refresh
+storm. A refresh leaves the lanes of healthy nodes alone and closes only idle lanes of
+nodes that no longer own slots. A call answered ``MOVED`` is sent again on the new owner's
+lane (no task, no second client), at most :data:`MAX_HOPS` times; ``ASK`` (a slot being
+migrated) goes through redis-py, at most :data:`MAX_ASKING` calls at once, so a redirect
+storm cannot grow memory.
+
 Everything else (streams, Pub/Sub, probes) uses :attr:`Gateway.client`, redis-py's client,
 through :meth:`Gateway.call`.
 """
@@ -17,12 +27,14 @@ through :meth:`Gateway.call`.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -30,6 +42,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MasterDownError,
+    MovedError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -42,6 +55,8 @@ from redis.maint_notifications import MaintNotificationsConfig
 from core.breaker import CircuitBreaker
 from core.errors import RedisUnavailableError, StreamExhaustedError
 from core.lanes import Batch, BatchCall, Call, Lane, ReplyError
+from core.sentinel import is_primary, sentinel_client
+from core.sentinel_url import is_sentinel_url
 from core.settings import redact_url
 
 if TYPE_CHECKING:
@@ -53,6 +68,9 @@ if TYPE_CHECKING:
     from core.telemetry import Telemetry
 
 __all__ = [
+    "MAX_ASKING",
+    "MAX_HOPS",
+    "REFRESH_EVERY_S",
     "UNAVAILABLE_ERRORS",
     "Gateway",
     "describe",
@@ -62,6 +80,13 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Least time between two cluster layout refreshes of one gateway (seconds).
+REFRESH_EVERY_S = 0.2
+#: Most MOVED redirects one script call follows before it fails as unavailable.
+MAX_HOPS = 3
+#: Most script calls following an ASK redirect at once; more fail as unavailable.
+MAX_ASKING = 256
 
 #: Driver exceptions that mean "Redis could not answer" (as opposed to a bug or a bad
 #: command): also a full Redis (noeviction), a demoted master after a failover, a master
@@ -138,6 +163,11 @@ def make_client(settings: Settings, url: str | None = None, *, blocking_ms: int 
     if settings.redis_cluster:
         cluster: Any = RedisCluster.from_url(target, **options)
         return cluster  # type: ignore[no-any-return]
+    maint = MaintNotificationsConfig(enabled=False)  # see below
+    if is_sentinel_url(target):  # the primary's address comes from the Sentinels
+        return sentinel_client(
+            settings, target, {**options, "timeout": timeout, "maint_notifications_config": maint}
+        )
     # A blocking pool: past max_connections a call waits (up to the timeout) for a free
     # connection instead of failing at once with "Too many connections".
     # Maintenance notifications (a RESP3 feature of managed Redis offerings) stay off: while
@@ -147,7 +177,7 @@ def make_client(settings: Settings, url: str | None = None, *, blocking_ms: int 
     pool = BlockingConnectionPool.from_url(
         target,
         timeout=timeout,
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        maint_notifications_config=maint,
         **options,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
@@ -174,6 +204,8 @@ class Gateway:
             else None
         )
         self.cluster = isinstance(self.client, RedisCluster)
+        #: The primary is found through Sentinel (``redis+sentinel://``).
+        self.sentinel = is_sentinel_url(url or settings.redis_url)
         self._timeout_s = settings.redis_timeout_ms / 1000
         self._metrics = metrics
         self._breaker_failures = settings.breaker_failures
@@ -183,6 +215,9 @@ class Gateway:
         # REDIS_MAX_CONNECTIONS are busy: fan-out is bounded to half of them.
         self._fanout = asyncio.Semaphore(max(1, settings.redis_max_connections // 2))
         self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = -REFRESH_EVERY_S  # monotonic time the last refresh ended
+        self.refreshes = 0  #: cluster layout refreshes done (CLUSTER SLOTS)
+        self._asking = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- every call -----------------------------------------------------------------
@@ -197,6 +232,7 @@ class Gateway:
         except Exception as exc:
             if is_unavailable(exc):
                 self._count_error(what)
+                self._refresh()
                 raise _unavailable(what, exc) from exc
             if isinstance(exc, ResponseError) and _EXHAUSTED in str(exc):
                 self._count_error(what)
@@ -211,6 +247,9 @@ class Gateway:
             self._metrics.redis_errors.labels(what).inc()
 
     async def ping(self) -> bool:
+        """Redis answers; through Sentinel, only a primary counts (ROLE)."""
+        if self.sentinel:
+            return await self.call("ping", is_primary, self.client)
         return bool(await self.call("ping", self.client.ping))
 
     async def prepare(self, *, strict: bool = False) -> None:
@@ -247,7 +286,11 @@ class Gateway:
         fails at once. Nothing is retried (a script could run twice).
         """
         lane, breaker = self._lane(keys[0])
-        breaker.admit()
+        try:
+            breaker.admit()
+        except RedisUnavailableError:
+            self._refresh()  # has the node's slots moved to a promoted replica?
+            raise
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         lane.submit(Call(script, keys, args, future))
         if self._tracer is not None:
@@ -310,7 +353,8 @@ class Gateway:
         """What a failed script call raises: unavailability wrapped (and counted against
         the node's breaker), anything else (a refusal, a bug) as it is."""
         if isinstance(exc, RedisUnavailableError):
-            return exc  # the breaker refused it: not a new failure
+            self._refresh()  # the breaker refused it: not a new failure
+            return exc
         if is_unavailable(exc):
             breaker.failure()
             self._count_error(script.name)
@@ -334,42 +378,73 @@ class Gateway:
 
     def _lane(self, key: str) -> tuple[Lane, CircuitBreaker]:
         if not self.cluster:
-            name = ""
-            make: Callable[[], Any] = self.client.connection_pool.make_connection
-        else:
-            cluster: Any = self.client
-            node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
-            name = node.name
+            found = self._lanes.get("")
+            if found is None:
+                found = self._new_lane("", self.client.connection_pool.make_connection)
+            return found
+        cluster: Any = self.client
+        node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        return self._lanes.get(node.name) or self._node_lane(node)
+
+    def _node_lane(self, node: Any) -> tuple[Lane, CircuitBreaker]:
+        """The lane of a cluster node (a redis-py ``ClusterNode``), made on first use."""
+        found = self._lanes.get(node.name)
+        if found is None:
 
             def make() -> Any:
                 return node.connection_class(**node.connection_kwargs)
 
-        found = self._lanes.get(name)
-        if found is None:
-            breaker = CircuitBreaker(
-                self._breaker_failures, self._breaker_cooldown_s, self._metrics
-            )
-            found = self._lanes[name] = (Lane(make, self._timeout_s, self._reply_error), breaker)
+            found = self._new_lane(node.name, make)
+        return found
+
+    def _new_lane(self, name: str, make: Callable[[], Any]) -> tuple[Lane, CircuitBreaker]:
+        if self.cluster:
+            self._prune()  # a new owner: has another node lost its slots?
+        breaker = CircuitBreaker(self._breaker_failures, self._breaker_cooldown_s, self._metrics)
+        found = self._lanes[name] = (Lane(make, self._timeout_s, self._reply_error), breaker)
         return found
 
     def _reply_error(self, call: Call, reply: ReplyError) -> BaseException | None:
         """An error reply as redis-py would raise it; cluster redirects are followed."""
         parsed = _parse_error(str(reply))
+        if self.cluster and isinstance(parsed, MovedError):
+            return self._moved(call, parsed)
         if self.cluster and isinstance(parsed, AskError):
-            task = asyncio.get_running_loop().create_task(self._redirect(call, parsed))
+            if self._asking >= MAX_ASKING:
+                return TryAgainError(f"{MAX_ASKING} calls already follow ASK redirects")
+            self._asking += 1
+            task = asyncio.get_running_loop().create_task(self._ask(call))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return None
-        if isinstance(parsed, ClusterDownError | RedisConnectionError):
+        if isinstance(parsed, ClusterDownError | RedisConnectionError | TryAgainError):
             self._refresh()
+        if isinstance(parsed, ReadOnlyError | MasterDownError):
+            # A demoted primary (a failover): as a lost connection, so the lane reconnects
+            # to wherever the primary is now (with Sentinel, it asks the Sentinels again).
+            lost = RedisConnectionError(f"{type(parsed).__name__}: {parsed}")
+            lost.__cause__ = parsed
+            return lost
         return parsed
 
-    async def _redirect(self, call: Call, error: AskError) -> None:
-        """Follow MOVED/ASK with redis-py's cluster client, which also learns the new
-        owner of the slot: later calls go straight there."""
+    def _moved(self, call: Call, error: MovedError) -> BaseException | None:
+        """The slot has a new owner: send the call again on its lane (the script did not
+        run), and re-read the layout (once) so later calls go straight there."""
+        self._refresh()
+        if call.hops >= MAX_HOPS:
+            return TryAgainError(f"MOVED {call.hops} times: the cluster is changing its layout")
+        call.hops += 1
         cluster: Any = self.client
-        with suppress(Exception):
-            await cluster.nodes_manager.move_slot(error)
+        node = cluster.nodes_manager.get_node(error.host, error.port)
+        if node is None:  # not known yet: a node object only to make connections with
+            node = ClusterNode(error.host, error.port, **cluster.nodes_manager.connection_kwargs)
+        self._node_lane(node)[0].submit(call)
+        return None
+
+    async def _ask(self, call: Call) -> None:
+        """Follow ASK (a slot being migrated) with redis-py's cluster client, which sends
+        ``ASKING`` to the importing node first."""
+        cluster: Any = self.client
         try:
             try:
                 reply = await cluster.evalsha(
@@ -384,24 +459,52 @@ class Gateway:
         except Exception as exc:
             call.fail(exc)
             return
+        finally:
+            self._asking -= 1
         call.settle(_decoded(reply))
 
     def _refresh(self) -> None:
-        """Re-read the cluster's layout, at most one refresh in flight."""
+        """Re-read the cluster's layout soon: at most one refresh in flight (or waiting),
+        at most one every :data:`REFRESH_EVERY_S`."""
         if not self.cluster or self._refreshing is not None:
             return
-        cluster: Any = self.client
-
-        async def refresh() -> None:
-            try:
-                with suppress(Exception):
-                    await cluster.nodes_manager.initialize()
-            finally:
-                self._refreshing = None
-
-        self._refreshing = asyncio.get_running_loop().create_task(refresh())
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh_layout())
         self._tasks.add(self._refreshing)
         self._refreshing.add_done_callback(self._tasks.discard)
+
+    async def _refresh_layout(self) -> None:
+        cluster: Any = self.client
+        try:
+            wait = self._refreshed_at + REFRESH_EVERY_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            with suppress(Exception):  # no node answers: the next failure tries again
+                await cluster.nodes_manager.initialize()
+                self._prune()
+                # redis-py asks one node (COMMAND GETKEYS) where the keys of XREADGROUP
+                # and the like are, before its own error handling: while that node is
+                # down every such command fails, for good. Ask another master from now on
+                # (a refresh follows every failure, so a dead one is soon left behind).
+                primaries = cluster.get_primaries()
+                if primaries:
+                    cluster.commands_parser.node = random.choice(primaries)  # noqa: S311
+        finally:
+            self.refreshes += 1
+            self._refreshed_at = time.monotonic()
+            self._refreshing = None
+
+    def _prune(self) -> None:
+        """Close the idle lanes of nodes that own no slot any more (a failed master, one
+        that came back as a replica, one removed); the others are kept as they are."""
+        cluster: Any = self.client
+        owners = {nodes[0].name for nodes in cluster.nodes_manager.slots_cache.values() if nodes}
+        for name, (lane, breaker) in list(self._lanes.items()):
+            if name not in owners and lane.idle:
+                del self._lanes[name]
+                breaker.forget()
+                task = asyncio.get_running_loop().create_task(lane.aclose())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     # -- fan-out --------------------------------------------------------------------
 

@@ -8,9 +8,13 @@ one Redis Cluster slot. Rate-limit keys cannot contain ``{`` or ``}`` (see
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from core.errors import InvalidKeyError
 from schemas.limits import KEY_PATTERN, MAX_KEY_BYTES
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["APPLIERS", "AUDITORS", "KEY_PATTERN", "KeySpace", "validate_key"]
 
@@ -38,10 +42,18 @@ def _first_bad(key: str) -> str:
     return ""
 
 
+_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "=": "%3D", "{": "%7B", "}": "%7D"})
+
+
+def _escape(part: str) -> str:
+    return part.translate(_ESCAPES)
+
+
 class KeySpace:
     """Key and channel names under one prefix (``KEY_PREFIX``)."""
 
     __slots__ = (
+        "_leases_fmt",
         "_limit_fmt",
         "_log_fmt",
         "audit_stream",
@@ -54,12 +66,16 @@ class KeySpace:
         "policy_patterns",
         "policy_version",
         "prefix",
+        "rls_domains",
+        "rls_gone",
+        "rls_version",
     )
 
     def __init__(self, prefix: str = "throttler", db: int = 0) -> None:
         self.prefix = prefix
         self._limit_fmt = prefix + ":{%s}"
         self._log_fmt = prefix + ":{%s}:l"
+        self._leases_fmt = prefix + ":{%s}:c"
         # The three streams share the hash tag {<prefix>}: one script acks a config entry
         # and records its outcome atomically, so they must live in one cluster slot.
         self.config_stream = f"{{{prefix}}}:config"
@@ -70,6 +86,10 @@ class KeySpace:
         self.policy_patterns = f"{{{prefix}}}:patterns"
         self.policy_gone = f"{{{prefix}}}:policy-gone"
         self.policy_version = f"{{{prefix}}}:policy-version"
+        # Envoy RLS domains (descriptor trees), beside the policies and for the same reason.
+        self.rls_domains = f"{{{prefix}}}:rls-domains"
+        self.rls_gone = f"{{{prefix}}}:rls-gone"
+        self.rls_version = f"{{{prefix}}}:rls-version"
         self.heartbeat_prefix = f"{prefix}:worker:"
         # Pub/Sub channels are server-wide (they ignore the database number): a deployment
         # on another database of the same server gets channels of its own.
@@ -84,9 +104,23 @@ class KeySpace:
         """The sorted set logging a key's admitted checks, for its sliding-window limits."""
         return self._log_fmt % key
 
+    def leases(self, key: str) -> str:
+        """The sorted set of the leases a key's concurrency limits hold (id -> expiry)."""
+        return self._leases_fmt % key
+
     def script_keys(self, key: str) -> list[str]:
         """KEYS of the check and apply scripts for one key (one hash slot)."""
-        return [self._limit_fmt % key, self._log_fmt % key]
+        return [self._limit_fmt % key, self._log_fmt % key, self._leases_fmt % key]
+
+    @staticmethod
+    def descriptor_key(domain: str, entries: Sequence[tuple[str, str]]) -> str:
+        """The rate-limit key that counts one descriptor of a domain (Envoy's RLS):
+        ``rls/<domain>/<key>=<value>/...`` with ``%``, ``/``, ``=``, ``{`` and ``}``
+        percent-encoded. A key of the HTTP API never contains ``/``, so the two cannot
+        meet; with :meth:`script_keys` it gets its own hash tag like any key."""
+        parts = [_escape(domain)]
+        parts += [f"{_escape(k)}={_escape(v)}" for k, v in entries]
+        return "rls/" + "/".join(parts)
 
     def heartbeat(self, group: str, consumer: str) -> str:
         return f"{self.heartbeat_prefix}{group}:{consumer}"

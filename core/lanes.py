@@ -14,7 +14,10 @@ lane then owns its socket. What the lane keeps from a connection pool:
 * **dead connections**: the reader sees a closed socket at once, fails what was in flight
   and the next call reconnects; nothing is retried (a script could run twice);
 * **NOSCRIPT** (a restart, a failover, ``SCRIPT FLUSH``): the call is sent again with the
-  script's source (``EVAL``), which cannot meet NOSCRIPT.
+  script's source (``EVAL``), which cannot meet NOSCRIPT;
+* **a server that will not serve this connection** (``on_error`` maps the reply to a
+  connection error: ``READONLY`` from a demoted primary, ``LOADING``): the connection is
+  dropped after that read, so the next call connects afresh (to the new primary).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ ReplyError = hiredis.ReplyError
 class Call:
     """One script call waiting for its reply."""
 
-    __slots__ = ("args", "by_source", "future", "keys", "script")
+    __slots__ = ("args", "by_source", "future", "hops", "keys", "script")
 
     def __init__(
         self, script: Script, keys: list[str], args: list[Any], future: asyncio.Future[Any]
@@ -53,6 +56,7 @@ class Call:
         self.args = args
         self.future = future
         self.by_source = False
+        self.hops = 0  #: cluster redirects followed so far
 
     @property
     def done(self) -> bool:
@@ -141,7 +145,13 @@ class Lane:
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._stale: BaseException | None = None  # drop the connection after this read
         self.writes = 0  #: round trips started (fewer than calls under concurrency)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, in flight or connecting: the lane can be closed losing nothing."""
+        return not self._queue and not self._sent and self._connecting is None
 
     def submit(self, call: Call) -> None:
         """Queue ``call``; it is written at the end of this turn of the event loop."""
@@ -204,6 +214,9 @@ class Lane:
                         call.settle(reply)
                 if again:
                     self._write(again)
+                if self._stale is not None:
+                    error, self._stale = self._stale, None
+                    break
         except (OSError, hiredis.ProtocolError) as exc:
             error = RedisConnectionError(f"Error while reading from Redis: {exc}")
         finally:
@@ -221,6 +234,8 @@ class Lane:
             if mapped is None:
                 return  # the hook took the call over (e.g. a cluster redirect)
             exc = mapped
+        if isinstance(exc, RedisConnectionError):
+            self._stale = exc
         call.fail(exc)
 
     def _watch(self) -> None:

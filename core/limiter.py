@@ -7,11 +7,12 @@ script ever reads across hash slots.
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any, Literal
 
-from core.errors import LimitValidationError
+from core.errors import LimitValidationError, NoConcurrencyLimitError
 from core.policies import PolicyTable, Resolved
-from core.scripts import CHECK, CHECK_ALL, CHECK_MANY, decode_limits
+from core.scripts import ACQUIRE, CHECK, CHECK_ALL, CHECK_MANY, REFUND, RELEASE, decode_limits
 from schemas.limits import Limit
 
 if TYPE_CHECKING:
@@ -21,7 +22,14 @@ if TYPE_CHECKING:
     from core.keys import KeySpace
     from schemas.limits import Algorithm
 
-__all__ = ["CHECKS_PER_CALL", "MAX_ALL_OR_NOTHING", "CheckResult", "Limiter", "Source"]
+__all__ = [
+    "CHECKS_PER_CALL",
+    "MAX_ALL_OR_NOTHING",
+    "CheckResult",
+    "Lease",
+    "Limiter",
+    "Source",
+]
 
 #: Most all-or-nothing keys in one call: the script decides each key up to three times.
 MAX_ALL_OR_NOTHING = 100
@@ -50,6 +58,7 @@ class CheckResult:
         "shadow",
         "source",
         "usage",
+        "wait_ms",
     )
 
     def __init__(
@@ -66,6 +75,7 @@ class CheckResult:
         policy: str | None = None,
         shadow: bool = False,
         usage: list[tuple[int, int]] | None = None,
+        wait_ms: int = 0,
     ) -> None:
         self.allowed = allowed
         self.remaining = remaining
@@ -80,6 +90,7 @@ class CheckResult:
         self.policy = policy
         self.shadow = shadow
         self.usage = usage  # status only: (remaining, reset_after_ms) of every limit
+        self.wait_ms = wait_ms  # allowed by a reservation: start after this many ms
 
     @property
     def algorithm(self) -> Algorithm:
@@ -97,6 +108,22 @@ class CheckResult:
     def burst(self) -> int:
         """The burst of a bucket or GCRA limit; 0 for the windows."""
         return self.rule.burst or 0
+
+
+class Lease:
+    """A lease taken by :meth:`Limiter.acquire` (``id`` empty when it was denied)."""
+
+    __slots__ = ("expires_in_ms", "id", "result")
+
+    def __init__(self, result: CheckResult, lease_id: str, expires_in_ms: int) -> None:
+        self.result = result
+        self.id = lease_id
+        self.expires_in_ms = expires_in_ms
+
+
+def new_lease_id() -> str:
+    """A lease id: 128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
 
 
 class Limiter:
@@ -123,7 +150,13 @@ class Limiter:
         self._own: dict[str, tuple[tuple[Limit, ...], bool]] = {}  # decoded own limits
 
     def _call(
-        self, key: str, tokens: int, inline: Limit | None, now_us: int | None, mode: str | None
+        self,
+        key: str,
+        tokens: int,
+        inline: Limit | None,
+        now_us: int | None,
+        mode: str | None,
+        max_wait_ms: int = 0,
     ) -> tuple[list[str], list[Any], Resolved]:
         given = self.policies.resolve(key)
         if inline is not None and given.name is None:
@@ -134,7 +167,7 @@ class Limiter:
             inline = None
         now: Any = "" if now_us is None else now_us
         mode = mode or ("d" if inline is None else "i")
-        args = [now, mode, self._inline_ttl, tokens, *given.args]
+        args = [now, mode, self._inline_ttl, tokens, max_wait_ms, *given.args]
         return self._keys.script_keys(key), args, given
 
     def script_args(
@@ -151,16 +184,63 @@ class Limiter:
         return keys, args
 
     async def check(
-        self, key: str, tokens: int = 1, inline: Limit | None = None, *, now_us: int | None = None
+        self,
+        key: str,
+        tokens: int = 1,
+        inline: Limit | None = None,
+        *,
+        max_wait_ms: int = 0,
+        now_us: int | None = None,
     ) -> CheckResult:
         """Spend ``tokens`` from every limit of ``key`` (or peek with 0).
 
         ``inline`` is stored as the key's own limit when it has none and no policy covers
-        it (with a TTL: see INLINE_LIMIT_TTL_MS); else it is ignored. ``now_us`` overrides
-        the server clock; only tests pass it.
+        it (with a TTL: see INLINE_LIMIT_TTL_MS); else it is ignored. With ``max_wait_ms``,
+        a check that would be denied but whose tokens come within that time reserves them:
+        allowed, with ``wait_ms`` to wait before starting (token_bucket and gcra limits
+        only). ``now_us`` overrides the server clock; only tests pass it.
         """
-        keys, args, given = self._call(key, tokens, inline, now_us, None)
+        keys, args, given = self._call(key, tokens, inline, now_us, None, max_wait_ms)
         return self.result(await self._gateway.run(CHECK, keys, args), tokens, given)
+
+    # -- spend primitives: leases and refunds -----------------------------------------
+
+    async def acquire(self, key: str, ttl_ms: int = 0, *, now_us: int | None = None) -> Lease:
+        """Take a lease from every concurrency limit of ``key`` and one token from each of
+        its rate limits, or nothing. ``ttl_ms`` (0: the limit's ``window_ms``) shortens the
+        lease's lifetime, never lengthens it. Raises :class:`NoConcurrencyLimitError` when
+        the key has no concurrency limit."""
+        given = self.policies.resolve(key)
+        lease_id = new_lease_id()
+        now: Any = "" if now_us is None else now_us
+        args = [now, lease_id, ttl_ms, *given.args]
+        reply = await self._gateway.run(ACQUIRE, self._keys.script_keys(key), args)
+        if reply[0] == -2:
+            raise NoConcurrencyLimitError(
+                "this key has no concurrency limit: give it one "
+                '({"algorithm": "concurrency", "requests": <leases>, "window_ms": <lifetime>}) '
+                "with POST /rate-limit/{key} or a policy"
+            )
+        result = self.result(reply[:7], 1, given)
+        if not result.allowed:
+            return Lease(result, "", 0)
+        return Lease(result, lease_id, int(reply[7]))
+
+    async def release(self, key: str, lease: str, *, now_us: int | None = None) -> bool:
+        """Give back a lease; False when ``key`` holds no such lease (unknown or expired)."""
+        now: Any = "" if now_us is None else now_us
+        reply = await self._gateway.run(RELEASE, [self._keys.leases(key)], [now, lease])
+        return int(reply) == 1
+
+    async def refund(self, key: str, tokens: int, *, now_us: int | None = None) -> CheckResult:
+        """Give back up to ``tokens`` spent tokens to every rate limit of ``key``, never
+        above a limit's capacity; the result is a peek after the refund."""
+        given = self.policies.resolve(key)
+        now: Any = "" if now_us is None else now_us
+        reply = await self._gateway.run(
+            REFUND, self._keys.script_keys(key), [now, tokens, *given.args]
+        )
+        return self.result(reply, 0, given)
 
     def result(self, reply: list[Any], tokens: int, given: Resolved) -> CheckResult:
         """Turn a script reply into a result, raising for the two refusal codes."""
@@ -182,6 +262,9 @@ class Limiter:
         if len(reply) > 7:
             flat = reply[7]
             usage = list(zip(flat[::2], flat[1::2], strict=True))
+        wait = 0
+        if code == 1:  # allowed: the 5th value is a reservation's wait
+            wait, retry = retry, 0
         return CheckResult(
             code == 1,
             remaining,
@@ -194,6 +277,7 @@ class Limiter:
             policy=policy,
             shadow=shadow,
             usage=usage,
+            wait_ms=wait,
         )
 
     def _decode(self, own: str) -> tuple[tuple[Limit, ...], bool]:
@@ -233,9 +317,9 @@ class Limiter:
         being unavailable fails the whole call.
         """
         if self._gateway.cluster:
-            calls = [self.script_args(key, tokens) for key, tokens in items]
-            replies = await self._gateway.run_many(CHECK, calls)
-            given = [self.policies.resolve(key) for key, _ in items]
+            made = [self._call(key, tokens, None, None, None) for key, tokens in items]
+            replies = await self._gateway.run_many(CHECK, [(k, a) for k, a, _ in made])
+            given = [resolved for _, _, resolved in made]
         else:
             replies, given = await self._many(items)
         out: list[CheckResult | LimitValidationError] = []
@@ -321,6 +405,8 @@ class Limiter:
     async def status(self, key: str, *, now_us: int | None = None) -> CheckResult:
         """The limits ``key`` is checked under, where they come from, and the live usage of
         each (``usage``); spends and creates nothing."""
-        keys, args = self.script_args(key, 0, now_us=now_us, mode="s")
+        # The limits resolved once, before the call: a policy loaded while it runs must not
+        # pair the reply with other limits than those it was computed for.
+        keys, args, given = self._call(key, 0, None, now_us, "s")
         reply = await self._gateway.run(CHECK, keys, args)
-        return self.result(reply, 0, self.policies.resolve(key))
+        return self.result(reply, 0, given)

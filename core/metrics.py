@@ -64,7 +64,7 @@ class Metrics:
         )
         self.circuit_open = Gauge(
             "throttler_circuit_open",
-            "1 while the Redis circuit breaker is open (calls fail fast), else 0.",
+            "Open Redis circuit breakers, one per node (calls to it fail fast); 0 if none.",
             registry=r,
         )
         self.config_changes = Counter(
@@ -106,6 +106,28 @@ class Metrics:
             "throttler_http_request_duration_seconds",
             "HTTP request duration by route template and method.",
             ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Envoy's rate limit service. Labels are bounded by the loaded config: a domain
+        # that is not loaded is "unknown"; a descriptor is its config node, with the
+        # request's value only under detailed_metric.
+        self.rls_requests = Counter(
+            "throttler_rls_requests",
+            "ShouldRateLimit calls by answer: ok, over_limit, invalid, unavailable, degraded_open.",
+            ["result"],
+            registry=r,
+        )
+        self.rls_descriptors = Counter(
+            "throttler_rls_descriptors",
+            "RLS descriptors decided, by domain, config node and result: ok, over_limit, "
+            "shadow_over_limit, unlimited, no_limit.",
+            ["domain", "descriptor", "result"],
+            registry=r,
+        )
+        self.rls_duration = Histogram(
+            "throttler_rls_request_duration_seconds",
+            "ShouldRateLimit duration (answered calls).",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -17,7 +17,13 @@ import msgspec
 
 from core.gateway import is_unavailable
 from core.outage import Outage
-from schemas.events import Notification, PolicyChanged, notification_decoder
+from schemas.events import (
+    LimitChanged,
+    Notification,
+    PolicyChanged,
+    RlsDomainChanged,
+    notification_decoder,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -40,12 +46,17 @@ class NotificationHub:
         self._listeners: dict[MemoryObjectSendStream[Notification], str] = {}
         self._ended = False
         self._on_policy: list[Callable[[], None]] = []
+        self._on_domain: list[Callable[[], None]] = []
         self.subscribed = anyio.Event()
         self.outage = Outage(_log, "notifications")
 
     def on_policy_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever a policy changed (the in-process policy table)."""
         self._on_policy.append(callback)
+
+    def on_domain_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever an Envoy RLS domain changed (the in-process table)."""
+        self._on_domain.append(callback)
 
     def expect(self, request_id: str) -> asyncio.Future[Notification]:
         """A future resolved by the notification carrying ``request_id``."""
@@ -92,7 +103,11 @@ class NotificationHub:
         if isinstance(note, PolicyChanged):
             for callback in self._on_policy:
                 callback()
-        subject = "" if isinstance(note, PolicyChanged) else note.key  # policies: to all
+        if isinstance(note, RlsDomainChanged):
+            for callback in self._on_domain:
+                callback()
+        # policies and domains: to listeners of every key
+        subject = note.key if isinstance(note, LimitChanged) else ""
         for send, prefix in list(self._listeners.items()):
             if subject.startswith(prefix):
                 with suppress(

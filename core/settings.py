@@ -22,6 +22,7 @@ import msgspec
 from dotenv import dotenv_values
 
 from core.errors import SettingsError
+from core.sentinel_url import is_sentinel_url, parse_sentinel_url
 
 __all__ = [
     "MIN_TOKEN_CHARS",
@@ -50,8 +51,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """All runtime settings. Field ``x_y`` is read from the variable ``X_Y``."""
 
     bind_address: str = "127.0.0.1:8080"
+    # Envoy's rate limit service (gRPC): host:port, or "off" (docs/envoy.md)
+    rls_bind_address: str = "127.0.0.1:8081"
+    rls_response_headers: Literal["ietf", "x-ratelimit", "off"] = "ietf"
     redis_url: str | None = None
     redis_cluster: bool = False
+    #: Credentials of the Sentinels themselves (a redis+sentinel:// URL's are the nodes').
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = None
     redis_timeout_ms: Millis = 500
     redis_max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     default_capacity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] = 100
@@ -120,8 +127,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _split_bind(self.bind_address)
         for name in _TOKENS:
             _check_token(name.upper(), getattr(self, name), self.allow_insecure)
+        if self.rls_enabled:
+            _split_bind(self.rls_bind_address, "RLS_BIND_ADDRESS")
         if self.redis_url is not None:
             _check_redis_url(self.redis_url)
+            if self.redis_cluster and is_sentinel_url(self.redis_url):
+                raise SettingsError(
+                    "REDIS_CLUSTER must be false with a redis+sentinel:// REDIS_URL "
+                    "(a Cluster fails over by itself; Sentinel watches a primary and replicas)"
+                )
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -129,11 +143,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def redis_db(self) -> int:
-        """The database number of REDIS_URL (its path, or ``?db=`` for unix://); 0 unset."""
+        """The database number of REDIS_URL (its path — after the service name for
+        Sentinel — or ``?db=`` for unix://); 0 unset."""
         if not self.redis_url:
             return 0
         parts = urlsplit(self.redis_url)
         db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        if parts.scheme.endswith("+sentinel"):  # /<service>/<db>
+            db = db.partition("/")[2]
         for pair in parts.query.split("&"):
             name, _, value = pair.partition("=")
             if name == "db":
@@ -157,6 +174,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if is_loopback(self.host):
             return _LOOPBACK_NAMES | {self.host.lower()}
         return None
+
+    @property
+    def rls_enabled(self) -> bool:
+        return self.rls_bind_address.strip().lower() != "off"
 
     @property
     def host(self) -> str:
@@ -220,13 +241,19 @@ def refuse_exposed_bind(settings: Settings) -> None:
 
 def _check_redis_url(url: str) -> None:
     """Reject a REDIS_URL the client could not use; never echo it (it may hold a password)."""
+    if is_sentinel_url(url):  # several hosts: urlsplit cannot read its port
+        parse_sentinel_url(url)
+        return
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
     except ValueError as exc:
         raise SettingsError(f"REDIS_URL is not a valid URL ({exc})") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        raise SettingsError(
+            "REDIS_URL must start with redis://, rediss://, unix://, redis+sentinel:// "
+            "or rediss+sentinel://"
+        )
     if parts.scheme == "unix":
         if not parts.path:
             raise SettingsError("REDIS_URL unix:// needs a socket path")
@@ -238,13 +265,14 @@ def _check_redis_url(url: str) -> None:
         raise SettingsError("REDIS_URL database (the path) must be a number")
 
 
-_CASE_FREE = ("log_level", "log_format", "failure_policy")
+_CASE_FREE = ("log_level", "log_format", "failure_policy", "rls_response_headers")
 
 
-def _split_bind(bind: str) -> tuple[str, int]:
+def _split_bind(bind: str, variable: str = "BIND_ADDRESS") -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"BIND_ADDRESS must be HOST:PORT (got {bind!r})")
+        extra = ' or "off"' if variable == "RLS_BIND_ADDRESS" else ""
+        raise SettingsError(f"{variable} must be HOST:PORT{extra} (got {bind!r})")
     return host.strip("[]"), int(port)
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from core.gateway import Gateway
     from core.keys import KeySpace
-    from schemas.events import ConfigEvent, KeyEvent, PolicyEvent
+    from schemas.events import ConfigEvent, KeyEvent, PolicyEvent, RlsDomainEvent
 
 __all__ = [
     "EVENT_FIELD",
@@ -52,7 +52,10 @@ async def publish(gateway: Gateway, keys: KeySpace, event: ConfigEvent, maxlen: 
 
 
 async def publish_many(
-    gateway: Gateway, keys: KeySpace, events: Sequence[KeyEvent | PolicyEvent], maxlen: int
+    gateway: Gateway,
+    keys: KeySpace,
+    events: Sequence[KeyEvent | PolicyEvent | RlsDomainEvent],
+    maxlen: int,
 ) -> list[str]:
     """Append many config events in one pipelined round trip, in order."""
     pipe = gateway.client.pipeline(transaction=False)

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.limits import KEY_PATTERN, POLICY_NAME_PATTERN, Limit, Limits, Policy, Shadow
+from schemas.rls import DomainName, RlsDomain
 
 __all__ = [
     "AuditEvent",
@@ -25,15 +26,19 @@ __all__ = [
     "DeadLetterEntry",
     "DeleteLimit",
     "DeletePolicy",
+    "DeleteRlsDomain",
     "KeyEvent",
     "LimitChanged",
     "Notification",
     "PolicyChanged",
     "PolicyEvent",
     "ResetKey",
+    "RlsDomainChanged",
+    "RlsDomainEvent",
     "SetLimit",
     "SetLimits",
     "SetPolicy",
+    "SetRlsDomain",
     "config_event_decoder",
     "config_event_schema",
     "notification_decoder",
@@ -123,7 +128,38 @@ class DeletePolicy(PolicyEvent, tag="delete_policy", kw_only=True):
     """Remove a policy (the keys it matched fall back to the next match)."""
 
 
-ConfigEvent = SetLimit | SetLimits | DeleteLimit | ResetKey | SetPolicy | DeletePolicy
+class RlsDomainEvent(_Event, kw_only=True):
+    """A change to one domain of Envoy's rate limit service (docs/envoy.md)."""
+
+    domain: DomainName
+
+
+class SetRlsDomain(RlsDomainEvent, tag="set_rls_domain", kw_only=True):
+    """Create or replace a domain: its whole descriptor tree."""
+
+    config: RlsDomain
+
+    def __post_init__(self) -> None:
+        if self.config.domain != self.domain:
+            raise ValueError(
+                f"domain {self.domain!r} differs from its config's domain {self.config.domain!r}"
+            )
+
+
+class DeleteRlsDomain(RlsDomainEvent, tag="delete_rls_domain", kw_only=True):
+    """Remove a domain (its descriptors then match nothing: answered OK)."""
+
+
+ConfigEvent = (
+    SetLimit
+    | SetLimits
+    | DeleteLimit
+    | ResetKey
+    | SetPolicy
+    | DeletePolicy
+    | SetRlsDomain
+    | DeleteRlsDomain
+)
 
 AuditResult = Literal[
     "created",  # applied: the key (policy) had no limit (did not exist)
@@ -158,6 +194,7 @@ class AuditEvent(msgspec.Struct, kw_only=True):
     policy: str | None = None  # a policy event: the policy's name
     before_policy: Policy | None = None
     after_policy: Policy | None = None
+    rls_domain: str | None = None  # an Envoy RLS domain event: the domain
 
 
 class LimitChanged(msgspec.Struct, tag_field="type", tag="limit_changed", kw_only=True):
@@ -189,7 +226,17 @@ class PolicyChanged(msgspec.Struct, tag_field="type", tag="policy_changed", kw_o
     applied_at_ms: int
 
 
-Notification = LimitChanged | PolicyChanged
+class RlsDomainChanged(msgspec.Struct, tag_field="type", tag="rls_domain_changed", kw_only=True):
+    """An Envoy RLS domain changed: published on ``<prefix>:limits`` once applied."""
+
+    event_id: str
+    domain: str
+    result: AuditResult
+    request_id: str
+    applied_at_ms: int
+
+
+Notification = LimitChanged | PolicyChanged | RlsDomainChanged
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ import msgspec
 from schemas.limits import (
     KEY_PATTERN,
     MAX_REQUESTS,
+    MAX_WINDOW_MS,
     Algorithm,
     Burst,
     Calendar,
@@ -21,7 +22,10 @@ from schemas.limits import (
 )
 
 __all__ = [
+    "LEASE_PATTERN",
     "AcceptedResponse",
+    "AcquireAllowed",
+    "AcquireRequest",
     "BatchItem",
     "BatchRequest",
     "BatchResponse",
@@ -39,9 +43,16 @@ __all__ = [
     "PolicyList",
     "PolicyView",
     "ReadyResponse",
+    "RefundRequest",
+    "RefundResponse",
+    "ReleaseRequest",
+    "ReleaseResponse",
     "ResetResponse",
     "TicketResponse",
 ]
+
+#: A lease id as acquire hands them out (22 URL-safe characters; up to 64 accepted).
+LEASE_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$(?!\n)"
 
 Tokens = Annotated[
     int,
@@ -49,6 +60,18 @@ Tokens = Annotated[
         ge=0,
         le=MAX_REQUESTS,
         description="Tokens to spend (default 1); 0 peeks without consuming.",
+    ),
+]
+
+
+MaxWaitMs = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_WINDOW_MS,
+        description="Reserve instead of refusing: a check that would be denied, but whose "
+        "tokens come within this many ms, spends them now and is answered 200 with `wait_ms` "
+        "(start after it). token_bucket and gcra limits only; 0 (default): never wait.",
     ),
 ]
 
@@ -65,6 +88,7 @@ class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
     window_ms: WindowMs | None = None
     algorithm: Algorithm | None = None
     burst: Burst | None = None
+    max_wait_ms: MaxWaitMs = 0
 
     def inline_limit(self) -> Limit | None:
         """The inline limit this body carries, if any (validated)."""
@@ -98,6 +122,15 @@ ShadowField = Annotated[
 ]
 
 
+WaitField = Annotated[
+    int | None,
+    msgspec.Meta(
+        description="Present when the check asked for `max_wait_ms`: the tokens are yours, "
+        "start after this many ms (0: now).",
+    ),
+]
+
+
 class CheckAllowed(msgspec.Struct, omit_defaults=True):
     """An allowed check. ``enforced`` is present (false) only when Redis could not be asked
     and ``FAILURE_POLICY=open`` let the request through without a decision."""
@@ -109,6 +142,80 @@ class CheckAllowed(msgspec.Struct, omit_defaults=True):
     enforced: bool = True
     policy: PolicyField = None
     shadow: ShadowField = None
+    wait_ms: WaitField = None
+
+
+class AcquireRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of an acquire (optional)."""
+
+    ttl_ms: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=MAX_WINDOW_MS,
+                description="The lease's lifetime unless released first; at most the "
+                "concurrency limit's window_ms (the default; longer asks get that).",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class AcquireAllowed(msgspec.Struct, omit_defaults=True):
+    """A lease taken. ``remaining`` and ``limit`` are those of the limit with the least
+    left (usually the concurrency limit: free slots and slots). Release it with
+    ``POST /rate-limit/{key}/release``; unreleased, it ends after ``expires_in_ms``."""
+
+    allowed: bool
+    lease: Annotated[
+        str, msgspec.Meta(description="The lease id (empty when not enforced: nothing to release).")
+    ]
+    expires_in_ms: int
+    remaining: int
+    limit: int
+    enforced: bool = True
+    policy: PolicyField = None
+
+
+class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of a release: the lease an acquire of this key handed out."""
+
+    lease: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=LEASE_PATTERN, description="The lease id.", examples=["Zk3c9yHc0mN2cQ1-rT5w8A"]
+        ),
+    ]
+
+
+class ReleaseResponse(msgspec.Struct):
+    key: str
+    released: bool
+
+
+class RefundRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of a refund: how many spent tokens to give back."""
+
+    tokens: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=MAX_REQUESTS,
+            description="Tokens to give back to every rate limit of the key (at most what "
+            "was spent: a limit never goes above its capacity).",
+            examples=[3],
+        ),
+    ]
+
+
+class RefundResponse(msgspec.Struct, omit_defaults=True):
+    """What is left after the refund, of the limit with the least left (as a peek)."""
+
+    remaining: int
+    limit: int
+    reset_after_ms: int
+    policy: PolicyField = None
 
 
 class CheckDenied(msgspec.Struct, omit_defaults=True):

@@ -8,8 +8,10 @@ import msgspec
 
 __all__ = [
     "ALGORITHMS",
+    "CONCURRENCY",
     "KEY_PATTERN",
     "MAX_KEY_BYTES",
+    "MAX_LEASES",
     "MAX_LIMITS",
     "MAX_REQUESTS",
     "MAX_SLIDING_REQUESTS",
@@ -40,16 +42,20 @@ MAX_LIMITS: Final = 8  #: limits one key or policy may hold
 MAX_REQUESTS: Final = 1_000_000_000
 MAX_WINDOW_MS: Final = 2_678_400_000  # 31 days
 MAX_SLIDING_REQUESTS: Final = 100_000  # the exact log stores one entry per request
+MAX_LEASES: Final = 100_000  # a concurrency limit stores one entry per lease held
 #: GCRA's tolerance (interval × burst) in µs: below 2**53, where doubles (Lua) stay exact.
 MAX_GCRA_TOLERANCE_US: Final = 10**15
 
-Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "gcra"]
+Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "gcra", "concurrency"]
+#: The rate algorithms: what checks spend from (and refunds give back to).
 ALGORITHMS: Final[tuple[Algorithm, ...]] = (
     "token_bucket",
     "sliding_window",
     "fixed_window",
     "gcra",
 )
+#: Leases held at once (``POST /rate-limit/{key}/acquire`` and ``/release``).
+CONCURRENCY: Final = "concurrency"
 
 Requests = Annotated[
     int,
@@ -84,7 +90,10 @@ Calendar = Annotated[
 
 class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     """``requests`` per ``window_ms`` under ``algorithm``; ``burst`` for buckets and GCRA;
-    ``calendar: "month"`` for a fixed window that is a UTC calendar month."""
+    ``calendar: "month"`` for a fixed window that is a UTC calendar month.
+
+    A ``concurrency`` limit is ``requests`` leases held at once, each living ``window_ms``
+    unless released first."""
 
     requests: Requests
     window_ms: WindowMs
@@ -101,7 +110,7 @@ class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
                     f"a calendar month window is given as window_ms {MAX_WINDOW_MS} "
                     f"(31 days, the longest month), not {self.window_ms}"
                 )
-        if self.algorithm in ("sliding_window", "fixed_window"):
+        if self.algorithm in ("sliding_window", "fixed_window", CONCURRENCY):
             if self.burst is not None:
                 raise ValueError(f"burst applies to token_bucket and gcra, not {self.algorithm}")
             if self.algorithm == "sliding_window" and self.requests > MAX_SLIDING_REQUESTS:
@@ -109,6 +118,11 @@ class Limit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
                     f"requests must be at most {MAX_SLIDING_REQUESTS} for sliding_window "
                     "(the exact log stores one entry per request); use gcra or token_bucket "
                     "for larger limits"
+                )
+            if self.algorithm == CONCURRENCY and self.requests > MAX_LEASES:
+                raise ValueError(
+                    f"requests must be at most {MAX_LEASES} for concurrency "
+                    "(every lease held is stored)"
                 )
         else:
             if self.burst is None:

@@ -58,6 +58,8 @@ def settings(redis_url: str, prefix: str) -> Settings:
             # A shared CI machine can stall a connect for more than the default 500 ms;
             # tests of timeouts set their own.
             "REDIS_TIMEOUT_MS": "5000",
+            # Envoy's RLS listens on a fixed port by default: tests of it choose free ports.
+            "RLS_BIND_ADDRESS": "off",
         },
         env_file=None,
     )

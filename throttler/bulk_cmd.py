@@ -17,8 +17,11 @@ from schemas.events import AuditEvent, ConfigEvent, DeadLetter
 from workers.heartbeat import any_alive
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from core.bulk import BulkChange
     from core.settings import Settings
+    from throttler.rls_file import RlsChange
 
 __all__ = ["apply_changes"]
 
@@ -59,7 +62,7 @@ class _Progress:
 
 async def apply_changes(
     settings: Settings,
-    changes: list[BulkChange],
+    changes: Sequence[BulkChange | RlsChange],
     *,
     actor: str,
     batch: int,

@@ -16,7 +16,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -47,8 +47,15 @@ _SERVE_WORKER = "THROTTLER_SERVE_WORKER"  # set by `serve` for its server proces
 SETTINGS_HELP = """\
 environment (a .env file in the working directory is read too; README.md lists all):
   BIND_ADDRESS         host:port to listen on (default 127.0.0.1:8080)
+  RLS_BIND_ADDRESS     host:port of Envoy's rate limit service, gRPC (default
+                       127.0.0.1:8081); off: not served
+  RLS_RESPONSE_HEADERS headers RLS answers ask Envoy to add: ietf (RateLimit-Policy,
+                       RateLimit; default), x-ratelimit (X-RateLimit-*), off
   REDIS_URL            redis://[user:password@]host:port/db, rediss:// for TLS; unset:
-                       start an embedded server on loopback (serve only)
+                       start an embedded server on loopback (serve only); a primary
+                       watched by Sentinel: redis+sentinel://[user:password@]
+                       sentinel1:26379,sentinel2:26379/<service>/<db>
+  REDIS_SENTINEL_PASSWORD  the Sentinels' own password (REDIS_SENTINEL_USERNAME: user)
   REDIS_CLUSTER        true to talk to a Redis Cluster (default false)
   REDIS_TIMEOUT_MS     timeout of every Redis call (default 500)
   REDIS_MAX_CONNECTIONS  connections per process (default 64)
@@ -147,13 +154,18 @@ def build_app(
     telemetry: Telemetry | None = None,
     drain: Drain | None = None,
     check_host: bool = False,
+    rls: bool = False,
 ) -> Litestar:
-    """The API wired with what runs beside it in one process (the in-process worker);
+    """The API wired with what runs beside it in one process: the in-process worker, and
+    with ``rls`` Envoy's rate limit service on RLS_BIND_ADDRESS (unless that is off);
     ``check_host`` as in :func:`api.app.create_app` (servers pass True)."""
-    from api.app import create_app  # noqa: PLC0415 - keep `throttler --help` fast
+    from api.app import Hook, create_app  # noqa: PLC0415 - keep `throttler --help` fast
+    from api.rls.server import rls_hook  # noqa: PLC0415
     from throttler.worker_cmd import in_process_worker  # noqa: PLC0415
 
-    hooks = (in_process_worker,) if worker else ()
+    hooks: tuple[Hook, ...] = (in_process_worker,) if worker else ()
+    if rls and settings.rls_enabled:
+        hooks = (*hooks, rls_hook)
     return create_app(settings, hooks, telemetry, drain=drain, check_host=check_host)
 
 
@@ -169,7 +181,9 @@ def app_factory(drain: Drain | None = None) -> Litestar:
     configure_logging(settings.log_level, settings.log_format)
     worker = os.environ.get(_SERVE_WORKER, "1") == "1"
     telemetry = telemetry_from_env("throttler")
-    return build_app(settings, worker=worker, telemetry=telemetry, drain=drain, check_host=True)
+    return build_app(
+        settings, worker=worker, telemetry=telemetry, drain=drain, check_host=True, rls=True
+    )
 
 
 @dataclass(frozen=True)
@@ -289,15 +303,32 @@ def _worker(args: argparse.Namespace) -> int:
         telemetry.shutdown()
 
 
+def _rls(args: argparse.Namespace) -> int:
+    from core.otel_setup import telemetry_from_env  # noqa: PLC0415
+    from throttler.rls_cmd import run_rls  # noqa: PLC0415
+
+    settings = _load({"RLS_BIND_ADDRESS": args.bind, "REDIS_URL": args.redis_url})
+    _configure(settings)
+    if settings.redis_url is None:
+        raise SettingsError(_REDIS_HINT)
+    telemetry = telemetry_from_env("throttler-rls")
+    try:
+        return anyio.run(run_rls, settings, telemetry, backend_options={"use_uvloop": True})
+    finally:
+        telemetry.shutdown()
+
+
 def _apply(args: argparse.Namespace) -> int:
-    from core.bulk import BulkFileError, parse_bulk_file, parse_bulk_text  # noqa: PLC0415
+    from core.bulk import BulkFileError, parse_bulk_text  # noqa: PLC0415
+    from throttler.rls_file import looks_like_envoy, parse_envoy_text, read_text  # noqa: PLC0415
 
     # The file is validated first, without Redis: `--check` needs none at all.
+    changes: Sequence[Any]
     try:
-        if args.file == "-":
-            changes = parse_bulk_text(sys.stdin.read(), "<stdin>")
-        else:
-            changes = parse_bulk_file(args.file)
+        name = "<stdin>" if args.file == "-" else args.file
+        text = sys.stdin.read() if args.file == "-" else read_text(args.file)
+        envoy = args.format == "envoy" or (args.format == "auto" and looks_like_envoy(text))
+        changes = parse_envoy_text(text, name) if envoy else parse_bulk_text(text, name)
     except BulkFileError as exc:
         for problem in exc.problems:
             print(f"throttler apply: {problem}", file=sys.stderr)
@@ -307,7 +338,8 @@ def _apply(args: argparse.Namespace) -> int:
         print(f"throttler apply: {count} {noun}; {outcome}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{args.file}: {len(changes)} changes, all valid (nothing was sent)")
+        what = f"{len(changes)} Envoy RLS domains" if envoy else f"{len(changes)} changes"
+        print(f"{args.file}: {what}, all valid (nothing was sent)")
         return 0
     from throttler.bulk_cmd import apply_changes  # noqa: PLC0415
 
@@ -359,7 +391,10 @@ def _serve_processes(options: ServerOptions, count: int) -> int:
     every keep-alive answer would otherwise wait ~40 ms for the client's delayed ACK
     (uvicorn issue #3149; measured in docs/performance.md).
     """
+    from api.rls.server import REUSEPORT_ENV  # noqa: PLC0415
     from throttler.processes import STARTUP_FAILURE, run_processes  # noqa: PLC0415
+
+    os.environ[REUSEPORT_ENV] = "1"  # the processes share RLS_BIND_ADDRESS too
 
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as bound:
@@ -387,16 +422,17 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="run the HTTP API",
-        description="Run the HTTP API. With no REDIS_URL, start an embedded Redis-compatible "
-        "server on loopback (nothing kept on disk) and stop it on exit. The first line on "
-        "standard output says where the API, its docs and its Redis are. SIGTERM drains "
-        "first: for SHUTDOWN_DRAIN_MS "
-        "/ready answers 503, answers close their connections and notification streams end, "
-        "while new requests are still served; then the listener closes without resetting "
-        "accepted connections, in-flight requests complete, the in-process worker stops, "
-        "then the embedded server; exit status 0. SIGINT (Ctrl-C) does the same without the "
-        "wait; a second signal ends the drain at once.",
+        help="run the HTTP API (and Envoy's rate limit service, gRPC)",
+        description="Run the HTTP API, and beside it Envoy's rate limit service (gRPC) on "
+        "RLS_BIND_ADDRESS unless that is off (docs/envoy.md). With no REDIS_URL, start an"
+        " embedded Redis-compatible server on loopback (nothing kept on disk) and stop it"
+        " on exit. The first line on standard output says where the API, its docs and its"
+        " Redis are. SIGTERM drains first: for SHUTDOWN_DRAIN_MS /ready answers 503 (and "
+        "gRPC health NOT_SERVING), answers close their connections and notification "
+        "streams end, while new requests are still served; then the listener closes "
+        "without resetting accepted connections, in-flight requests complete, the in-"
+        "process worker stops, then the embedded server; exit status 0. SIGINT (Ctrl-C) "
+        "does the same without the wait; a second signal ends the drain at once.",
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -434,18 +470,43 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis-url", metavar="URL", help=_REDIS_URL_HELP)
     worker.set_defaults(run=_worker)
 
+    rls = sub.add_parser(
+        "rls",
+        help="serve Envoy's rate limit service (gRPC) alone, without the HTTP API",
+        description="Serve envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit and "
+        "grpc.health.v1 on RLS_BIND_ADDRESS until SIGTERM/SIGINT (`serve` runs the same "
+        "server beside HTTP). Domains come from `throttler apply FILE` (envoyproxy/ratelimit "
+        "YAML) through a worker: run `throttler worker` (or a `serve`) on the same Redis. "
+        "See docs/envoy.md.",
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rls.add_argument("--bind", metavar="HOST:PORT", help="gRPC listen address (RLS_BIND_ADDRESS)")
+    rls.add_argument("--redis-url", metavar="URL", help="Redis to use (REDIS_URL)")
+    rls.set_defaults(run=_rls)
+
     apply = sub.add_parser(
         "apply",
         help="publish a YAML/JSON file of limits (and deletions)",
         description="Validate every item of FILE first (every bad item is reported with its "
         "line, and nothing is sent), then publish the changes on the config stream in "
         "pipelined batches. Items: {key, requests, window_ms[, algorithm][, burst]} or "
-        "{key, delete: true}; a file may change each key only once. Exit codes: 0 done, "
-        "1 Redis unreachable or (--wait) not all applied, 2 invalid file or settings.",
+        "{key, delete: true}; a file may change each key only once. An envoyproxy/ratelimit "
+        "config (a mapping with `domain` and `descriptors`; several domains as YAML "
+        "documents) is detected and published as Envoy RLS domains (docs/envoy.md). "
+        "Exit codes: 0 done, 1 Redis unreachable or (--wait) not all applied, 2 invalid file "
+        "or settings.",
     )
     apply.add_argument("file", metavar="FILE", help="the file, or - to read standard input")
     apply.add_argument(
         "--check", action="store_true", help="validate FILE only; needs no Redis, sends nothing"
+    )
+    apply.add_argument(
+        "--format",
+        choices=["auto", "throttler", "envoy"],
+        default="auto",
+        help="the file's format: a Throttler bulk file, an envoyproxy/ratelimit config, or "
+        "auto (default): envoy when the file is a mapping with `domain`",
     )
     apply.add_argument("--wait", action="store_true", help="wait until all are applied")
     apply.add_argument(

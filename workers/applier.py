@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from core.config_store import ApplyResult, PolicyResult
+from core.domains import DomainResult, apply_domain
 from core.errors import RedisUnavailableError
 from core.gateway import text
 from core.keys import APPLIERS
@@ -34,9 +35,12 @@ from schemas.events import (
     PolicyChanged,
     PolicyEvent,
     ResetKey,
+    RlsDomainChanged,
+    RlsDomainEvent,
     SetLimit,
     SetLimits,
     SetPolicy,
+    SetRlsDomain,
     config_event_decoder,
 )
 
@@ -123,7 +127,17 @@ def _operation(event: ConfigEvent) -> str:
         "reset_key": "reset",
         "set_policy": "set_policy",
         "delete_policy": "delete_policy",
+        "set_rls_domain": "set_rls_domain",
+        "delete_rls_domain": "delete_rls_domain",
     }[_tag(event)]
+
+
+def _apply_span_name(event: ConfigEvent) -> str:
+    if isinstance(event, PolicyEvent):
+        return "apply policy change"
+    if isinstance(event, RlsDomainEvent):
+        return "apply rls domain change"
+    return "apply limit change"
 
 
 def _audit_result(outcome: str) -> AuditResult:
@@ -208,7 +222,7 @@ class Applier:
     ) -> list[_Done]:
         spans = [
             self._tracer.start_span(
-                "apply policy change" if isinstance(e, PolicyEvent) else "apply limit change",
+                _apply_span_name(e),
                 context=trace.set_span_in_context(span),
                 attributes={"throttler.operation": _operation(e)},
             )
@@ -248,19 +262,28 @@ class Applier:
 
     async def _results(
         self, valid: list[tuple[str, ConfigEvent, trace.Span]]
-    ) -> list[ApplyResult | PolicyResult | Exception]:
-        """Key changes in one round trip, in order; policy changes (rare) one by one."""
+    ) -> list[ApplyResult | PolicyResult | DomainResult | Exception]:
+        """Key changes in one round trip, in order; policy and domain changes (rare) one by
+        one."""
         changes = [
             (e.key, _change(e), entry_id) for entry_id, e, _ in valid if isinstance(e, KeyEvent)
         ]
         applied = iter(await self._store.apply_many(changes) if changes else [])
-        results: list[ApplyResult | PolicyResult | Exception] = []
+        results: list[ApplyResult | PolicyResult | DomainResult | Exception] = []
         for entry_id, event, _ in valid:
             if isinstance(event, KeyEvent):
                 results.append(next(applied))
                 continue
-            policy = event.policy if isinstance(event, SetPolicy) else None
             try:
+                if isinstance(event, RlsDomainEvent):
+                    config = event.config if isinstance(event, SetRlsDomain) else None
+                    results.append(
+                        await apply_domain(
+                            self._gateway, self._keys, event.domain, config, entry_id
+                        )
+                    )
+                    continue
+                policy = event.policy if isinstance(event, SetPolicy) else None
                 results.append(await self._store.apply_policy(event.name, policy, entry_id))
             except RedisUnavailableError:
                 raise
@@ -272,7 +295,7 @@ class Applier:
         self,
         entry_id: str,
         event: ConfigEvent,
-        result: ApplyResult | PolicyResult,
+        result: ApplyResult | PolicyResult | DomainResult,
         span: trace.Span,
     ) -> _Done:
         outcome = _audit_result(result.outcome)
@@ -294,8 +317,17 @@ class Applier:
             "worker": self.consumer,
             "traceparent": traceparent,
         }
-        note: LimitChanged | PolicyChanged
-        if isinstance(event, PolicyEvent):
+        note: LimitChanged | PolicyChanged | RlsDomainChanged
+        if isinstance(event, RlsDomainEvent):
+            audit = AuditEvent(**common, key="", before=None, after=None, rls_domain=event.domain)
+            note = RlsDomainChanged(
+                event_id=entry_id,
+                domain=event.domain,
+                result=outcome,
+                request_id=event.request_id,
+                applied_at_ms=at,
+            )
+        elif isinstance(event, PolicyEvent):
             assert isinstance(result, PolicyResult)
             after_policy = event.policy if isinstance(event, SetPolicy) else None
             if outcome in ("stale", "conflict"):

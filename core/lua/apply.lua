@@ -2,9 +2,10 @@
 --
 -- KEYS[1]  the key's hash   <prefix>:{<key>}    (layout in prelude.lua)
 -- KEYS[2]  the key's log    <prefix>:{<key>}:l
+-- KEYS[3]  the key's leases <prefix>:{<key>}:c  (concurrency limits)
 -- ARGV[1]  op: "set", "del" or "reset" (clear what was spent; limits and version stay)
 -- ARGV[2]  version: the stream entry id "<ms>-<seq>" of the change, or "" (unversioned)
--- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-5, burst 0 = none),
+-- ARGV[3]  op "set": the limits, "alg,requests,window_ms,burst;..." (alg 1-6, burst 0 = none),
 --          after "S;" when they are in shadow mode
 -- ARGV[4]  tombstone TTL in ms: a deleted key keeps its version this long, so an older
 --          change delivered late cannot bring the limit back
@@ -33,7 +34,7 @@ local function compare(a, b)
   return 0
 end
 
-local LETTER = {'t', 's', 'f', 'g', 'm'}
+local LETTER = {'t', 's', 'f', 'g', 'm', 'c'}
 
 local function limits_of(c)
   local out = {}
@@ -54,7 +55,7 @@ end
 -- raised limit gives room at once and a lowered one keeps its debt. Returns the new state.
 local function keep_spent(raw, old, new, now)
   if new[1] == 1 then
-    local a, b = string.match(raw, '^(%d+):(%d+)$')
+    local a, b = string.match(raw, '^(%-?%d+):(%d+)$')
     local old_cap = cap_of(old) * 1000000
     local cap = cap_of(new) * 1000000
     return string.format('%d:%d', math.max(0, math.min(cap, tonumber(a) + cap - old_cap)),
@@ -80,7 +81,7 @@ local function now_us()
   return now
 end
 
-local hash, log = KEYS[1], KEYS[2]
+local hash, log, leases = KEYS[1], KEYS[2], KEYS[3]
 local op, ver = ARGV[1], ARGV[2]
 local old = redis.call('HMGET', hash, 'c', 'v')
 local existed = old[1] ~= false
@@ -99,7 +100,7 @@ if op == 'reset' then
   if #drop > 0 then
     redis.call('HDEL', hash, unpack(drop))
   end
-  redis.call('DEL', log)
+  redis.call('DEL', log, leases)
   return {'reset', prev, prev_ver}
 end
 
@@ -117,12 +118,14 @@ if op == 'set' then
   local before, after = limits_of(old[1]), limits_of(ARGV[3])
   -- The states to keep: limit i keeps its state under the same algorithm (adjusted when it
   -- was configured before); any other state field goes (a new algorithm starts full).
-  local keep, sliding = {}, false
+  local keep, sliding, leasing = {}, false, false
   local now = nil
   for i, l in ipairs(after) do
     local field = (i - 1) .. LETTER[l[1]]
     if l[1] == 2 then
       sliding = true
+    elseif l[1] == 6 then
+      leasing = true                           -- leases held stay held
     else
       local raw = redis.call('HGET', hash, field)
       if raw and existed and before[i] and before[i][1] == l[1] then
@@ -150,12 +153,15 @@ if op == 'set' then
   if not sliding then
     redis.call('DEL', log)
   end
+  if not leasing then
+    redis.call('DEL', leases)
+  end
   redis.call('HSET', hash, 'c', ARGV[3])
   redis.call('HDEL', hash, 'd', 'i')
   redis.call('PERSIST', hash)
   result = existed and 'replaced' or 'created'
 else
-  redis.call('DEL', hash, log)
+  redis.call('DEL', hash, log, leases)
   if ver ~= '' then
     redis.call('HSET', hash, 'd', '1')
     redis.call('PEXPIRE', hash, ARGV[4])

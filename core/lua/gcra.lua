@@ -1,7 +1,7 @@
 -- gcra: the generic cell rate algorithm. State: one integer, the theoretical arrival time
 -- (tat, us). The emission interval T = window / requests is rounded up to a whole
 -- microsecond, so all arithmetic is exact integers.
-local function gcra(raw, n, now, req, win_us, burst)
+local function gcra(raw, n, now, req, win_us, burst, wait_us)
   local T = math.ceil(win_us / req)
   local tau = T * burst
   local stored = tonumber(raw) or now
@@ -16,7 +16,12 @@ local function gcra(raw, n, now, req, win_us, burst)
     end
   else
     retry = allow_at - now
-    new_tat = tat
+    if wait_us > 0 and retry <= wait_us then   -- a reservation: the tat runs ahead
+      allowed = true
+      stored = new_tat
+    else
+      new_tat = tat
+    end
   end
   local room = tau - (new_tat - now)
   local remaining = 0

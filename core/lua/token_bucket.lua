@@ -18,16 +18,19 @@ local function micros_for(d, rate)
   return us
 end
 
--- Every algorithm: (state or nil, n, now, requests, window_us, burst) ->
+-- Every algorithm: (state or nil, n, now, requests, window_us, burst, wait_us) ->
 --   allowed, remaining, reset_us, retry_us, new state (nil: unchanged), its TTL in ms
-local function token_bucket(raw, n, now, req, win_us, burst)
+-- wait_us > 0 (buckets and GCRA only) reserves: a check that would wait at most wait_us
+-- for its tokens is allowed now and spends them ahead (tokens go below zero, the tat runs
+-- ahead); it is answered allowed with retry_us = the wait. Later checks queue behind it.
+local function token_bucket(raw, n, now, req, win_us, burst, wait_us)
   local cap = burst * MICRO
   local rate = req * MICRO / win_us            -- micro-tokens per microsecond
   local tokens, t = cap, now
   local held, since = cap, now                 -- the state as stored: waits count from it
   local a, b
   if raw then
-    a, b = string.match(raw, '^(%d+):(%d+)$')
+    a, b = string.match(raw, '^(%-?%d+):(%d+)$')
   end
   if a then
     held, since = tonumber(a), tonumber(b)
@@ -55,6 +58,11 @@ local function token_bucket(raw, n, now, req, win_us, burst)
     end
   else
     retry = since + micros_for(need - held, rate) - now
+    if wait_us > 0 and retry <= wait_us then   -- a reservation: spend now, start later
+      allowed = true
+      tokens = tokens - need
+      held, since = tokens, t
+    end
   end
   local reset = 0
   if tokens < cap then

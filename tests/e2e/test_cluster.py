@@ -115,7 +115,7 @@ def test_every_script_call_touches_one_hash_slot(prefix: str) -> None:
     for key in KEYS:
         check_keys, _ = limiter.script_args(key, 1)
         apply_keys, _ = store.script_args(key, Limit(requests=1, window_ms=1), "1-1")
-        assert check_keys == apply_keys == [space.limit(key), space.log(key)]
+        assert check_keys == apply_keys == [space.limit(key), space.log(key), space.leases(key)]
         assert len(slots(check_keys)) == 1, (CHECK.name, APPLY.name, key)
         assert f"{{{key}}}" in space.limit(key)  # the tag is the key itself
     # FINISH acks on the config stream and appends to the audit or dead-letter stream.
@@ -422,3 +422,78 @@ async def test_listing_pages_over_every_master_and_policies_live_in_one_slot(
     sync = PolicySync(door, keys, PolicyTable(Resolved.of(None, (Limit(1, 1000),))))
     await sync.load()
     assert sync.table.resolve("p:x").name == "p"
+
+
+# -- Envoy's RLS on a cluster (docs/envoy.md, "Atomicity") ---------------------------------
+
+
+async def test_rls_groups_split_by_slot_and_stay_all_or_nothing_within_one(
+    door: Gateway, prefix: str
+) -> None:
+    from redis.crc import key_slot
+
+    from core.groups import GroupChecker, GroupItem
+    from core.keys import KeySpace
+    from core.scripts import limit_args
+
+    keys = KeySpace(prefix)
+    checker = GroupChecker(door, keys)
+    one = limit_args([Limit(requests=1, window_ms=DAY_MS, algorithm="fixed_window")])
+    two = limit_args([Limit(requests=2, window_ms=DAY_MS, algorithm="fixed_window")])
+    # Two descriptors in different slots (counter keys carry their own hash tags).
+    a, b = (
+        "rls/d/k=a",
+        next(
+            f"rls/d/k=b{i}"
+            for i in range(1000)
+            if key_slot(keys.limit(f"rls/d/k=b{i}").encode())
+            != key_slot(keys.limit("rls/d/k=a").encode())
+        ),
+    )
+    now = 1_767_225_600_000_000
+    group = [GroupItem(a, 1, two), GroupItem(b, 1, one)]
+    first = await checker.check(group, now_us=now)
+    assert [(d.code, d.spent) for d in first] == [(1, True), (1, True)]
+    second = await checker.check(group, now_us=now)
+    # b denies in its slot; a, in another slot, was decided (and charged) on its own.
+    assert [(d.code, d.spent) for d in second] == [(1, True), (0, False)]
+
+
+async def test_rls_serves_from_a_cluster(
+    cluster: LocalCluster, prefix: str, tmp_path: Path
+) -> None:
+    """A domain applied over the stream and a two-descriptor request, on a cluster."""
+    import grpc
+
+    from core.embedded import free_port
+    from tests.support.rls import (
+        OK,
+        OVER_LIMIT,
+        apply_domain,
+        descriptor,
+        request,
+        stub,
+        wait_loaded,
+    )
+
+    port = free_port()
+    env = cluster_env(cluster, prefix, RLS_BIND_ADDRESS=f"127.0.0.1:{port}")
+    service = ServiceProcess(env).start(tmp_path)
+    try:
+        config = {
+            "domain": "edge",
+            "descriptors": [
+                {"key": "user", "rate_limit": {"unit": "day", "requests_per_unit": 2}},
+                {"key": "route", "rate_limit": {"unit": "day", "requests_per_unit": 100}},
+            ],
+        }
+        apply_domain(config, env, tmp_path)
+        await wait_loaded(service.base_url, "edge")
+        both = request("edge", descriptor(("user", "u")), descriptor(("route", "r")))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = stub(channel)
+            answers = [await client.ShouldRateLimit(both) for _ in range(3)]
+        assert [a.overall_code for a in answers] == [OK, OK, OVER_LIMIT]
+        assert [a.statuses[0].limit_remaining for a in answers] == [1, 0, 0]
+    finally:
+        service.stop()

@@ -355,7 +355,7 @@ async def test_hung_redis_answers_within_the_timeout_budget_and_the_breaker_make
     assert hung
     assert {s.status for s in hung} <= {200, 503}  # 200: answered before the pause took
     # The budget: one socket timeout (plus the service's own time), never more.
-    assert max(s.took for s in hung) < TIMEOUT_MS / 1000 + 0.5
+    assert max(s.took for s in hung) < TIMEOUT_MS / 1000 + 1.0  # + a loaded machine
     # /ready waits for one PING timeout at most, and says so.
     assert {s.status for s in ready.between(paused + 0.05)} == {503}
 

@@ -34,8 +34,8 @@ README = ROOT / "README.md"
 API_DOCS = ROOT / "docs" / "api.md"
 DOC_URL = "http://localhost:8080"
 #: JSON fields that shrink as time passes (ms), and fields that differ on every run.
-TIME_FIELDS_MS = frozenset({"reset_after_ms", "retry_after_ms"})
-VARYING_FIELDS = frozenset({"timestamp", "version"})
+TIME_FIELDS_MS = frozenset({"reset_after_ms", "retry_after_ms", "wait_ms"})
+VARYING_FIELDS = frozenset({"timestamp", "version", "lease"})
 
 
 @dataclass

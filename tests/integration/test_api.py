@@ -613,7 +613,7 @@ async def test_openapi_describes_every_route_body_and_error(client: Client) -> N
     }
     assert limit["properties"]["requests"]["maximum"] == 1_000_000_000
     assert limit["properties"]["window_ms"]["maximum"] == 2_678_400_000
-    assert set(limit["properties"]["algorithm"]["enum"]) == set(ALGORITHMS)
+    assert set(limit["properties"]["algorithm"]["enum"]) == {*ALGORITHMS, "concurrency"}
     assert set(schemas["CheckRequest"]["properties"]) >= {"tokens", "requests", "window_ms"}
     # (CheckAllowed may carry an optional `enforced`, present only under FAILURE_POLICY=open)
     assert set(schemas["CheckAllowed"]["required"]) == ALLOWED_KEYS

@@ -66,7 +66,17 @@ class Route:
             return {"limits": [LIMIT], "match": ["auth-policy:*"]}
         if self.path == "/check":
             return {"checks": [{"key": "auth-key"}]}
+        if self.path.endswith("/release"):
+            return {"lease": "no-such-lease"}
+        if self.path.endswith("/refund"):
+            return {"tokens": 1}
         return None
+
+    @property
+    def answers(self) -> set[int]:
+        """What the route itself answers past the guard: 404 for a key, lease or dead letter
+        that is not there; 409 for an acquire on a key without a concurrency limit."""
+        return {200, 201, 404, 409} if self.path.endswith("/acquire") else {200, 201, 404}
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -162,6 +172,9 @@ def test_every_route_is_public_or_guarded(redis_url: str, prefix: str) -> None:
     }
     if any(r.path == "/check" for r in guarded_routes(app)):
         assert "POST /check" in {str(r) for r in guarded_routes(app) if r.guard == "check"}
+    # The spend routes are guarded like a check (CHECK_TOKEN).
+    spend = {f"POST /rate-limit/{{key}}/{r}" for r in ("acquire", "release", "refund")}
+    assert spend <= {str(r) for r in guarded_routes(app) if r.guard == "check"}
 
 
 @pytest.mark.parametrize(
@@ -219,7 +232,7 @@ async def test_the_right_token_is_accepted_everywhere(guarded: AsyncTestClient[L
         resp = await call(guarded, route, bearer(right_token(route)))
         # Past the guard: the route's own answer (404 for a key or dead letter that is not
         # there is that too), never 401.
-        assert resp.status_code in {200, 201, 404}, f"{route}: {resp.status_code} {resp.text}"
+        assert resp.status_code in route.answers, f"{route}: {resp.status_code} {resp.text}"
         seen.append(str(route))
     assert "POST /rate-limit/{key}/check" in seen
     # The scheme is case-insensitive and the token may be padded (RFC 7235).
@@ -252,7 +265,7 @@ async def test_without_tokens_every_route_is_open(redis_url: str, prefix: str) -
         for route in guarded_routes(with_tokens):
             if route.path not in STREAMS:
                 resp = await call(client, route)
-                assert resp.status_code in {200, 201, 404}, f"{route}: {resp.text}"
+                assert resp.status_code in route.answers, f"{route}: {resp.text}"
 
 
 async def test_checks_are_open_unless_check_token_is_set(redis_url: str, prefix: str) -> None:

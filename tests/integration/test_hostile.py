@@ -63,6 +63,9 @@ MULTIPART = b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n1\r\n--x--\r\
 NOT_JSON = "unsupported_media_type"
 KEY_K = b'{"key":"k"},'
 CHECK = "/rate-limit/hostile/check"
+ACQUIRE = "/rate-limit/hostile/acquire"
+RELEASE = "/rate-limit/hostile/release"
+REFUND = "/rate-limit/hostile/refund"
 LIMIT = "/rate-limit/hostile"
 BIG_INT = str(2**64).encode()
 HUGE_INT = b"9" * 400
@@ -135,6 +138,33 @@ CASES = [
     case("multipart", "POST", LIMIT, MULTIPART, headers=typed(MULTI), status=415, error=NOT_JSON),
     case("xml", "POST", LIMIT, b"<limit r='1'/>", headers=typed(XML), status=415, error=NOT_JSON),
     case("text", "POST", "/check", b"check all", headers=typed(TEXT), status=415, error=NOT_JSON),
+    # --- spend primitives: acquire, release, refund, reserved waits
+    case("acquire-array", "POST", ACQUIRE, b"[]", status=400),
+    case("acquire-ttl-0", "POST", ACQUIRE, b'{"ttl_ms": 0}', status=400),
+    case("acquire-ttl-2^64", "POST", ACQUIRE, b'{"ttl_ms": ' + BIG_INT + b"}", status=400),
+    case("acquire-ttl-string", "POST", ACQUIRE, b'{"ttl_ms": "5"}', status=400),
+    case("acquire-ttl-float", "POST", ACQUIRE, b'{"ttl_ms": 1.5}', status=400),
+    case("acquire-unknown", "POST", ACQUIRE, b'{"lease": "x"}', status=400),
+    case("acquire-bad-key", "POST", "/rate-limit/a%7Bb/acquire", None, error="invalid_key"),
+    case("release-empty", "POST", RELEASE, b"", status=400),
+    case("release-no-lease", "POST", RELEASE, b"{}", status=400),
+    case("release-null", "POST", RELEASE, b"null", status=400),
+    case("release-number", "POST", RELEASE, b'{"lease": 5}', status=400),
+    case("release-space", "POST", RELEASE, b'{"lease": "a b"}', status=400),
+    case("release-nul", "POST", RELEASE, b'{"lease": "a\\u0000"}', status=400),
+    case("release-long", "POST", RELEASE, b'{"lease": "' + b"a" * 65 + b'"}', status=400),
+    case("release-deep", "POST", RELEASE, b"[" * DEEP, status=400),
+    case("refund-empty", "POST", REFUND, b"", status=400),
+    case("refund-0", "POST", REFUND, b'{"tokens": 0}', status=400),
+    case("refund-negative", "POST", REFUND, b'{"tokens": -5}', status=400),
+    case("refund-2^64", "POST", REFUND, b'{"tokens": ' + BIG_INT + b"}", status=400),
+    case("refund-huge", "POST", REFUND, b'{"tokens": ' + HUGE_INT + b"}", status=400),
+    case("refund-float", "POST", REFUND, b'{"tokens": 2.5}', status=400),
+    case("refund-nan", "POST", REFUND, b'{"tokens": NaN}', status=400),
+    case("refund-form", "POST", REFUND, b"t=1", headers=typed(FORM), status=415, error=NOT_JSON),
+    case("wait-negative", "POST", CHECK, b'{"max_wait_ms": -1}', status=400),
+    case("wait-2^64", "POST", CHECK, b'{"max_wait_ms": ' + BIG_INT + b"}", status=400),
+    case("wait-string", "POST", CHECK, b'{"max_wait_ms": "10"}', status=400),
     # --- methods and routes that do not exist
     case("method", "PUT", LIMIT, b"{}", status=405, error="method_not_allowed"),
     case("no-route", "GET", "/rate-limit/k/x", None, status=404, error="not_found"),

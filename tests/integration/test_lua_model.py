@@ -171,8 +171,8 @@ PERSISTING_CHECK = Script.from_source(
     "check",
     CHECK.source.rsplit("return decide(", 1)[0]
     + """
-local reply = decide(KEYS[1], KEYS[2], tonumber(ARGV[4]), ARGV[2], now_us(ARGV[1]),
-                     given_limits(5), tonumber(ARGV[3]), true)
+local reply = decide(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), ARGV[2], now_us(ARGV[1]),
+                     given_limits(6), tonumber(ARGV[3]), true, {wait = tonumber(ARGV[5]) * 1000})
 local ttls = {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])}
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import pytest
@@ -15,6 +15,8 @@ from litestar.testing import AsyncTestClient
 
 from core.config_store import ConfigStore
 from core.keys import KeySpace
+from core.limiter import Limiter
+from core.policies import PolicyTable, Resolved
 from core.settings import Settings, load_settings
 from schemas.events import AuditEvent
 from schemas.limits import Limit, Policy
@@ -304,3 +306,33 @@ async def test_a_policy_change_reaches_another_process_soon_even_without_its_not
         fallback = time.monotonic() - began
     assert propagated < 2
     assert fallback < 1.5, fallback
+
+
+class _LoadsAPolicyMidCall:
+    """A gateway whose script call lets a policy load while it runs, as a notification
+    arriving between the call and its reply would."""
+
+    cluster = False
+
+    def __init__(self, gateway: Gateway, table: PolicyTable) -> None:
+        self._gateway = gateway
+        self._table = table
+
+    async def run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        reply = await self._gateway.run(script, keys, args)
+        two = [Limit(5, HOUR), Limit(100, DAY, "fixed_window")]
+        self._table.load({"late": Policy(limits=two, match=["late:*"])}, 1)
+        return reply
+
+
+async def test_a_status_is_described_by_the_limits_it_was_computed_for(
+    gateway: Gateway, keys: KeySpace
+) -> None:
+    """A policy loaded while GET /rate-limit/{key} runs: the answer describes the limits
+    the script decided (once a 500: one limit's usage paired with the new policy's two)."""
+    table = PolicyTable(Resolved.of(None, (Limit(10, HOUR),)))
+    limiter = Limiter(cast("Gateway", _LoadsAPolicyMidCall(gateway, table)), keys, table)
+    status = await limiter.status("late:1")
+    assert status.usage is not None
+    assert (status.source, len(status.limits), len(status.usage)) == ("default", 1, 1)
+    assert (await limiter.status("late:1")).policy == "late"  # and the next one sees it

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -64,13 +65,18 @@ class RedisProcess:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="thr-redis-")))
+    #: A config file, given first (a Sentinel needs one it can rewrite).
+    config: Path | None = None
+    #: The CA of a server that speaks TLS only (``extra`` has its ``--tls-*`` options).
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args = [self.binary, *([str(self.config)] if self.config else [])]
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.workdir), *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -78,7 +84,8 @@ class RedisProcess:
             assert self.proc.poll() is None, f"{self.binary} exited at start"
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock,
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw,
+                self._wrap(raw) as sock,
             ):
                 sock.sendall(b"PING\r\n")
                 reply = sock.recv(64)
@@ -86,6 +93,12 @@ class RedisProcess:
                     return self
             time.sleep(0.02)
         raise AssertionError(f"{self.binary} did not answer on port {self.port}")
+
+    def _wrap(self, sock: socket.socket) -> socket.socket:
+        if self.tls_ca is None:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.tls_ca))
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -55,6 +55,8 @@ class ServiceProcess:
         # Most e2e tests give their keys limits inline; off is the default (tested apart).
         env.setdefault("INLINE_LIMITS", "true")
         env.setdefault("SHUTDOWN_DRAIN_MS", "0")
+        # Envoy's RLS defaults to a fixed port; the tests of it give a free one.
+        env.setdefault("RLS_BIND_ADDRESS", "off")
         if self.embedded:
             env.pop("REDIS_URL", None)
             env.pop("KEY_PREFIX", None)

@@ -186,3 +186,25 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker_half_open() -> None:
     backend.up = True
     assert await breaker.call(backend) == "PONG"  # the next call may probe again
     assert not is_open(breaker)
+
+
+async def test_the_gauge_counts_the_open_breakers_of_a_process() -> None:
+    """One breaker per Redis node: the gauge is how many are open, not the last one's state."""
+    metrics, clock = Metrics(), Clock()
+    first, second = (CircuitBreaker(1, 0.5, metrics, clock=clock) for _ in range(2))
+    backend = Backend()
+    backend.up = False
+    await fail(first, backend, 1)
+    await fail(second, backend, 1)
+    assert gauge(metrics) == 2
+    clock.now += 1  # both half-open: a failed probe keeps the count, a success lowers it
+    await fail(first, backend, 1)
+    assert gauge(metrics) == 2
+    backend.up = True
+    await second.call(backend)
+    assert gauge(metrics) == 1
+    first.forget()  # its node left the cluster's layout
+    assert gauge(metrics) == 0
+    assert not is_open(first)
+    first.forget()
+    assert gauge(metrics) == 0

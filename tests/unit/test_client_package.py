@@ -50,11 +50,19 @@ def _surface(cls: type) -> dict[str, inspect.Signature]:
     }
 
 
+#: Methods that are context managers (``with`` / ``async with``): the same parameters.
+CONTEXT_MANAGERS = {"acquire"}
+
+
 def test_both_clients_have_the_same_methods_and_signatures() -> None:
     sync, async_ = _surface(ThrottlerClient), _surface(AsyncThrottlerClient)
     assert set(sync) == set(async_)
     assert {"check", "check_many", "peek", "set_limit", "delete_limit", "reset"} <= set(sync)
+    assert {"acquire", "release", "refund"} <= set(sync)
     for name, signature in sync.items():
+        if name in CONTEXT_MANAGERS:
+            assert signature.parameters == async_[name].parameters, name
+            continue
         assert signature == async_[name], name
         assert inspect.iscoroutinefunction(getattr(AsyncThrottlerClient, name)), name
         assert not inspect.iscoroutinefunction(getattr(ThrottlerClient, name)), name

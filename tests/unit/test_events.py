@@ -241,6 +241,8 @@ def test_schema_structure() -> None:
         "reset_key": "ResetKey",
         "set_policy": "SetPolicy",
         "delete_policy": "DeletePolicy",
+        "set_rls_domain": "SetRlsDomain",
+        "delete_rls_domain": "DeleteRlsDomain",
     }
     assert schema["anyOf"] == [{"$ref": f"#/$defs/{name}"} for name in tags.values()]
     assert schema["discriminator"] == {

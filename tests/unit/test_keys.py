@@ -100,21 +100,25 @@ def test_key_names_share_the_key_hash_tag() -> None:
     keys = KeySpace("throttler")
     assert keys.limit("free:client-123") == "throttler:{free:client-123}"
     assert keys.log("free:client-123") == "throttler:{free:client-123}:l"
+    assert keys.leases("free:client-123") == "throttler:{free:client-123}:c"
     assert keys.script_keys("free:client-123") == [
         keys.limit("free:client-123"),
         keys.log("free:client-123"),
+        keys.leases("free:client-123"),
     ]
 
 
 @given(valid_keys, st.from_regex(r"[A-Za-z0-9_\-.]{1,64}", fullmatch=True))
 def test_a_limit_s_keys_hash_to_one_cluster_slot(key: str, prefix: str) -> None:
     keys = KeySpace(prefix)
-    cfg, state = keys.script_keys(key)
+    cfg, state, leases = keys.script_keys(key)
     assert cfg.startswith(prefix + ":")
     assert state.startswith(prefix + ":")
-    assert cfg != state
-    assert _hash_tag(cfg) == _hash_tag(state) == key
+    assert leases.startswith(prefix + ":")
+    assert len({cfg, state, leases}) == 3
+    assert _hash_tag(cfg) == _hash_tag(state) == _hash_tag(leases) == key
     assert key_slot(cfg.encode()) == key_slot(state.encode()) == key_slot(key.encode())
+    assert key_slot(leases.encode()) == key_slot(key.encode())
 
 
 def test_different_keys_and_prefixes_never_collide() -> None:
@@ -126,8 +130,10 @@ def test_different_keys_and_prefixes_never_collide() -> None:
         a.log("k2"),
         b.limit("k"),
         b.log("k"),
+        a.leases("k"),
+        b.leases("k"),
     }
-    assert len(names) == 6
+    assert len(names) == 8
 
 
 def test_streams_share_the_prefix_hash_tag() -> None:

@@ -100,8 +100,14 @@ def test_selectors_select_the_pods() -> None:
     service = objects()[("Service", "throttler-api")]["spec"]
     assert service["selector"].items() <= api_labels.items()
     assert not service["selector"].items() <= worker_labels.items()
-    (port,) = service["ports"]
-    assert port["targetPort"] in {p["name"] for p in container(API)["ports"]}
+    http, rls = service["ports"]
+    names = {p["name"] for p in container(API)["ports"]}
+    assert {http["targetPort"], rls["targetPort"]} <= names
+    # Envoy's rate limit service: the container listens where the grpc port says.
+    env = {e["name"]: e.get("value") for e in container(API)["env"]}
+    grpc_port = next(p["containerPort"] for p in container(API)["ports"] if p["name"] == "grpc")
+    rls_bind = load_settings({"RLS_BIND_ADDRESS": env["RLS_BIND_ADDRESS"]}, env_file=None)
+    assert rls_bind.rls_bind_address.endswith(f":{grpc_port}")
     for name, labels in (("throttler-api", api_labels), ("throttler-worker", worker_labels)):
         pdb = objects()[("PodDisruptionBudget", name)]["spec"]
         assert pdb["selector"]["matchLabels"].items() <= labels.items()

@@ -55,6 +55,7 @@ def test_every_example_of_the_page_is_tested() -> None:
         "key-and-cost",
         "sync-client",
         "async-client",
+        "spend",
         "errors",
         "fail-open",
         "curl",
@@ -134,7 +135,7 @@ def test_key_cost_and_the_guard(service: ServiceProcess, admin: ThrottlerClient)
     assert admin.peek("export:all").remaining == 0
 
 
-@pytest.mark.parametrize("name", ["sync-client", "async-client", "errors", "fail-open"])
+@pytest.mark.parametrize("name", ["sync-client", "async-client", "spend", "errors", "fail-open"])
 def test_the_client_examples(name: str, service: ServiceProcess) -> None:
     source = examples()[name].replace(DOC_URL, service.base_url)
     test = doctest.DocTestParser().get_doctest(source, {}, name, str(DOCS), 0)

@@ -21,6 +21,7 @@ from throttler_client.client import ThrottlerClient
 from throttler_client.errors import (
     ConflictError,
     InvalidKeyError,
+    NoConcurrencyLimitError,
     NotFoundError,
     ThrottlerError,
     ThrottlerTimeoutError,
@@ -32,6 +33,7 @@ from throttler_client.middleware import ThrottlerMiddleware, client_ip
 from throttler_client.models import (
     CheckManyResult,
     Decision,
+    Lease,
     Limit,
     LimitChange,
     Policy,
@@ -47,8 +49,10 @@ __all__ = [
     "Decision",
     "DenialCache",
     "InvalidKeyError",
+    "Lease",
     "Limit",
     "LimitChange",
+    "NoConcurrencyLimitError",
     "NotFoundError",
     "Policy",
     "PolicyChange",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -12,10 +13,11 @@ from throttler_client.base import ClientBase, Pause
 from throttler_client.errors import (
     ThrottlerError,
     ThrottlerTimeoutError,
+    ThrottlerUnavailableError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
     from types import TracebackType
     from typing import Self
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from throttler_client.models import (
         CheckManyResult,
         Decision,
+        Lease,
         Limit,
         LimitChange,
         Policy,
@@ -87,16 +90,62 @@ class AsyncThrottlerClient(ClientBase):
         except httpx.TransportError as exc:
             return exc
 
-    async def check(self, key: str, tokens: int = 1) -> Decision:
-        """Spend ``tokens`` of ``key``'s limit; a denial is a Decision, not an error."""
-        if cached := self.denial_cache.lookup(key, tokens):
+    async def check(self, key: str, tokens: int = 1, max_wait_ms: int = 0) -> Decision:
+        """Spend ``tokens`` of ``key``'s limit; a denial is a Decision, not an error.
+
+        With ``max_wait_ms``, a check that would be denied but whose tokens come within
+        that time reserves them (token_bucket and gcra limits): this call sleeps the
+        ``wait_ms`` of the reservation, then answers allowed (``decision.wait_ms`` says how
+        long it slept)."""
+        if not max_wait_ms and (cached := self.denial_cache.lookup(key, tokens)):
             return cached
         asked_at = self.denial_cache.now()
         try:
-            decision = await self._run(calls.check(key, tokens))
+            decision = await self._run(calls.check(key, tokens, max_wait_ms))
         except ThrottlerError as exc:
             return self._unenforced(key, exc)
+        if decision.wait_ms:
+            await anyio.sleep(decision.wait_ms / 1000)
         return self._checked(key, tokens, decision, asked_at)
+
+    @asynccontextmanager
+    async def acquire(self, key: str, ttl_ms: int | None = None) -> AsyncIterator[Lease]:
+        """A lease of ``key``'s concurrency limit for the block, released when it ends
+        (however it ends)::
+
+            async with throttler.acquire("reports:acme") as lease:
+                if not lease.allowed:
+                    ...  # answer 429, retry after lease.retry_after_ms
+                ...  # at most `requests` blocks run at once for this key
+
+        A denial is a Lease with ``allowed`` false, not an error; a key without a
+        concurrency limit raises ``NoConcurrencyLimitError``. ``ttl_ms`` shortens the
+        lease's lifetime (the limit's ``window_ms`` at most). If the release cannot reach
+        the service, the lease ends by itself when it expires."""
+        try:
+            lease = await self._run(calls.acquire(key, ttl_ms))
+        except ThrottlerError as exc:
+            lease = self._unleased(key, exc)
+        try:
+            yield lease
+        finally:
+            if lease.id:
+                with suppress(ThrottlerUnavailableError):
+                    await self._run(calls.release(key, lease.id))
+
+    async def release(self, key: str, lease: str) -> bool:
+        """Give back a lease now (``acquire`` does it for you); False when ``key`` held no
+        such lease any more (released before, or expired)."""
+        return await self._run(calls.release(key, lease))
+
+    async def refund(self, key: str, tokens: int) -> Decision:
+        """Give back up to ``tokens`` spent tokens to every rate limit of ``key`` (never
+        above a limit's capacity): check the most a job may cost, refund what it did not
+        use. The Decision is what is left afterwards."""
+        try:
+            return await self._run(calls.refund(key, tokens))
+        finally:
+            self.denial_cache.forget(key)
 
     async def peek(self, key: str) -> Decision:
         """``key``'s state now (``remaining``, ``limit``, ``reset_after_ms``), spending

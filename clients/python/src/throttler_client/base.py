@@ -14,7 +14,7 @@ from throttler_client import calls
 from throttler_client.attempts import Attempts, transport_error
 from throttler_client.cache import DenialCache
 from throttler_client.errors import ThrottlerUnavailableError
-from throttler_client.models import CheckManyResult, Decision
+from throttler_client.models import CheckManyResult, Decision, Lease
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -151,6 +151,13 @@ class ClientBase:
         """A check the service could not decide: allowed if the policy is open, else raise."""
         if self.failure_policy == "open" and isinstance(error, ThrottlerUnavailableError):
             return Decision.unenforced(key)
+        raise error
+
+    def _unleased(self, key: str, error: ThrottlerError) -> Lease:
+        """An acquire the service could not decide: no lease if the policy is open (allowed,
+        nothing to release), else raise."""
+        if self.failure_policy == "open" and isinstance(error, ThrottlerUnavailableError):
+            return Lease.unenforced(key)
         raise error
 
     def _unenforced_many(

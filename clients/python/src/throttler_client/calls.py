@@ -19,6 +19,7 @@ from throttler_client.errors import ThrottlerError, error_from_answer
 from throttler_client.models import (
     CheckManyResult,
     Decision,
+    Lease,
     Limit,
     LimitChange,
     Policy,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Answer",
     "Call",
+    "acquire",
     "check",
     "check_many",
     "delete_limit",
@@ -43,6 +45,8 @@ __all__ = [
     "list_policies",
     "put_policy",
     "read_answer",
+    "refund",
+    "release",
     "reset",
     "set_limit",
     "set_limits",
@@ -121,17 +125,70 @@ def _decision(key: str, body: Mapping[str, object], headers: Mapping[str, str]) 
         headers=headers,
         error=None if item_error is None else str(item_error),
         message=None if item_error is None else str(message),
+        wait_ms=0 if body.get("wait_ms") is None else as_int(body, "wait_ms"),
     )
 
 
-def check(key: str, tokens: int = 1) -> Call[Decision]:
+def check(key: str, tokens: int = 1, max_wait_ms: int = 0) -> Call[Decision]:
     """``POST /rate-limit/{key}/check``: spend ``tokens`` (0 peeks). 200 and 429 are both
-    decisions."""
+    decisions. With ``max_wait_ms``, a check whose tokens come within that time reserves
+    them: allowed, with ``wait_ms``."""
 
     def read(answer: Answer) -> Decision:
         return _decision(key, _body(answer, 200, 429), forwarded_headers(answer.headers))
 
-    return Call("POST", _path(key, "/check"), read, body={"tokens": tokens}, idempotent=not tokens)
+    body: dict[str, object] = {"tokens": tokens}
+    if max_wait_ms:
+        body["max_wait_ms"] = max_wait_ms
+    return Call("POST", _path(key, "/check"), read, body=body, idempotent=not tokens)
+
+
+def acquire(key: str, ttl_ms: int | None = None) -> Call[Lease]:
+    """``POST /rate-limit/{key}/acquire``: take a lease (200) or be denied (429)."""
+
+    def read(answer: Answer) -> Lease:
+        body = _body(answer, 200, 429)
+        headers = forwarded_headers(answer.headers)
+        allowed = body["allowed"] is True
+        retry = body.get("retry_after_ms")
+        return Lease(
+            key=key,
+            allowed=allowed,
+            id=str(body["lease"]) if allowed else "",
+            expires_in_ms=as_int(body, "expires_in_ms") if allowed else 0,
+            remaining=as_int(body, "remaining"),
+            limit=as_int(body, "limit"),
+            retry_after_ms=0 if retry is None else as_int(body, "retry_after_ms"),
+            enforced=body.get("enforced", True) is not False,
+            headers=headers,
+        )
+
+    body = None if ttl_ms is None else {"ttl_ms": ttl_ms}
+    return Call("POST", _path(key, "/acquire"), read, body=body)
+
+
+def release(key: str, lease: str) -> Call[bool]:
+    """``POST /rate-limit/{key}/release``: True when released, False when the key held no
+    such lease (already released, or expired). Safe to send again."""
+
+    def read(answer: Answer) -> bool:
+        if answer.status == 404:
+            return False
+        _body(answer, 200)
+        return True
+
+    return Call("POST", _path(key, "/release"), read, body={"lease": lease}, idempotent=True)
+
+
+def refund(key: str, tokens: int) -> Call[Decision]:
+    """``POST /rate-limit/{key}/refund``: give back up to ``tokens``; the answer is what is
+    left (as a peek)."""
+
+    def read(answer: Answer) -> Decision:
+        body = _body(answer, 200)
+        return _decision(key, {"allowed": True, **body}, forwarded_headers(answer.headers))
+
+    return Call("POST", _path(key, "/refund"), read, body={"tokens": tokens})
 
 
 def check_many(items: Iterable[CheckItem], all_or_nothing: bool = False) -> Call[CheckManyResult]:

@@ -87,6 +87,12 @@ class ConflictError(ThrottlerError):
     codes = ("conflict",)
 
 
+class NoConcurrencyLimitError(ThrottlerError):
+    """An acquire of a key that has no concurrency limit (``409 no_concurrency_limit``)."""
+
+    codes = ("no_concurrency_limit",)
+
+
 _BY_CODE: dict[str, type[ThrottlerError]] = {
     code: cls
     for cls in (
@@ -96,6 +102,7 @@ _BY_CODE: dict[str, type[ThrottlerError]] = {
         UnauthorizedError,
         NotFoundError,
         ConflictError,
+        NoConcurrencyLimitError,
     )
     for code in cls.codes
 }

@@ -12,6 +12,7 @@ __all__ = [
     "Algorithm",
     "CheckManyResult",
     "Decision",
+    "Lease",
     "Limit",
     "LimitChange",
     "Policy",
@@ -19,7 +20,7 @@ __all__ = [
     "forwarded_headers",
 ]
 
-Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "gcra"]
+Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "gcra", "concurrency"]
 ChangeStatus = Literal["created", "replaced", "deleted", "accepted"]
 
 
@@ -44,6 +45,9 @@ class Decision:
     denial cache answered without asking the service. ``headers`` are the rate-limit
     headers to forward (lower-case names). ``error``/``message`` are set only on an item of
     :meth:`check_many` that the service refused (e.g. tokens above the capacity).
+    ``wait_ms`` is set on a check that asked for ``max_wait_ms`` and was allowed by a
+    reservation: the tokens are spent, start after that many ms (the client has already
+    slept it when it answers).
     """
 
     key: str
@@ -57,11 +61,38 @@ class Decision:
     headers: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
     message: str | None = None
+    wait_ms: int = 0
 
     @classmethod
     def unenforced(cls, key: str) -> Decision:
         """Allowed without a decision: what ``failure_policy="open"`` answers."""
         return cls(key, True, 0, 0, 0, enforced=False, headers={"x-ratelimit-enforced": "false"})
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The answer to an acquire: a lease of the key's concurrency limit, or a denial.
+
+    ``allowed``: a lease was taken; ``id`` names it (empty when denied, and when nothing
+    was enforced). It ends after ``expires_in_ms`` unless released first. Denied,
+    ``retry_after_ms`` is the wait until a lease ends. ``remaining``/``limit`` are those of
+    the key's limit with the least left (usually the free slots and the slots).
+    """
+
+    key: str
+    allowed: bool
+    id: str
+    expires_in_ms: int
+    remaining: int
+    limit: int
+    retry_after_ms: int = 0
+    enforced: bool = True
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def unenforced(cls, key: str) -> Lease:
+        """Allowed without a lease: what ``failure_policy="open"`` answers."""
+        return cls(key, True, "", 0, 0, 0, enforced=False)
 
 
 @dataclass(frozen=True, slots=True)
