@@ -398,7 +398,7 @@ class Limiter:
         ``/``, which key validation refuses), so that it never has limits of its own."""
         keys = self._keys.script_keys(key)
         reply = await self._gateway.run(
-            CHECK, keys, ["", "d", self._inline_ttl, tokens, *limits.args]
+            CHECK, keys, ["", "d", self._inline_ttl, tokens, 0, *limits.args]
         )
         return self.result(reply, tokens, limits)
 
