@@ -16,23 +16,7 @@
 --           "duplicate" (this very version is already applied) | "stale" (older version)
 --   prev_limits: the limits before, encoded as ARGV[3] ("" when there were none)
 
-local function parse(ver)
-  local ms, seq = string.match(ver, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
--- -1, 0 or 1 as version a is older than, the same as, or newer than b
-local function compare(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  if am ~= bm then
-    return am < bm and -1 or 1
-  end
-  if as ~= bs then
-    return as < bs and -1 or 1
-  end
-  return 0
-end
+-- parse() and compare() of versions: core/lua/versions.lua
 
 local LETTER = {'t', 's', 'f', 'g', 'm', 'c'}
 

@@ -13,22 +13,7 @@
 --   result: "created" | "replaced" | "deleted" | "not_found"  (applied)
 --           "duplicate" | "stale" (skipped: that version or a newer one is in place)
 
-local function parse(ver)
-  local ms, seq = string.match(ver, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
-local function compare(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  if am ~= bm then
-    return am < bm and -1 or 1
-  end
-  if as ~= bs then
-    return as < bs and -1 or 1
-  end
-  return 0
-end
+-- parse() and compare() of versions: core/lua/versions.lua
 
 local docs, gone, counter = KEYS[1], KEYS[2], KEYS[3]
 local op, name, ver = ARGV[1], ARGV[2], ARGV[3]

@@ -15,22 +15,7 @@
 --           "duplicate" | "stale" (skipped: that version or a newer one is in place)
 --           "conflict" (skipped: a pattern belongs to another policy; 4th element names it)
 
-local function parse(ver)
-  local ms, seq = string.match(ver, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
-local function compare(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  if am ~= bm then
-    return am < bm and -1 or 1
-  end
-  if as ~= bs then
-    return as < bs and -1 or 1
-  end
-  return 0
-end
+-- parse() and compare() of versions: core/lua/versions.lua
 
 local policies, patterns, gone, counter = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, name, ver = ARGV[1], ARGV[2], ARGV[3]
