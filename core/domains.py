@@ -1,10 +1,8 @@
 """Envoy RLS domains held in process: loaded from Redis, refreshed on change.
 
 Workers store each domain (``core/lua/apply_document.lua``) and announce the change;
-:class:`DomainSync` loads them all at start, again on a ``rls_domain_changed``
-notification, and — so that a lost notification cannot leave a process stale for more than
-about a second — whenever the version counter differs from the one it loaded (one GET a
-second), as :class:`core.policies.PolicySync` does for policies. Nothing here knows the
+:class:`DomainSync` (a :class:`core.documents.DocumentSync`) loads them all at start, again
+on a ``rls_domain_changed`` notification, and within about a second when one is lost. Nothing here knows the
 protocol: the edge that serves it (``api/rls``) reads :attr:`DomainSync.domains` and
 :attr:`DomainSync.version`.
 """
@@ -13,14 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import anyio
 import msgspec
 
-from core.errors import RedisUnavailableError
+from core.documents import DocumentSync
 from core.gateway import text
-from core.scripts import APPLY_DOCUMENT, READ_POLICIES
+from core.scripts import APPLY_DOCUMENT
 from schemas.rls import RlsDomain
 
 if TYPE_CHECKING:
@@ -60,45 +57,26 @@ async def apply_domain(
     return DomainResult(text(outcome), text(before))
 
 
-class DomainSync:
+def _domain(raw: bytes | str) -> RlsDomain:
+    return decode_domain(raw)[1]
+
+
+class DomainSync(DocumentSync[RlsDomain]):
     """Keeps :attr:`domains` equal to the domains in Redis."""
 
     def __init__(self, gateway: Gateway, keys: KeySpace, interval_s: float = 1.0) -> None:
-        self._gateway = gateway
-        self._keys = keys
-        self._interval = interval_s
-        self._wake = anyio.Event()
+        super().__init__(
+            gateway,
+            keys.rls_domains,
+            keys.rls_version,
+            _domain,
+            what="RLS domain",
+            log=_log,
+            op="rls_version",
+            interval_s=interval_s,
+        )
         self.domains: dict[str, RlsDomain] = {}
-        self.version = -1  # nothing loaded yet
 
-    async def load(self) -> None:
-        """Read every domain and the version they are at."""
-        keys = [self._keys.rls_domains, self._keys.rls_version]
-        reply: list[Any] = await self._gateway.run(READ_POLICIES, keys, [])
-        version, flat = int(reply[0]), reply[1:]
-        domains = {}
-        for name, raw in zip(flat[::2], flat[1::2], strict=True):
-            try:
-                domains[text(name)] = decode_domain(raw)[1]
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                _log.warning("ignored RLS domain %r that does not decode: %s", text(name), exc)
-        self.domains, self.version = domains, version
-
-    def changed(self) -> None:
-        """A notification said a domain changed: load again now."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Until cancelled: load when told to, or when the version in Redis moved on."""
-        while True:
-            with anyio.move_on_after(self._interval):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            try:
-                raw = await self._gateway.call(
-                    "rls_version", self._gateway.client.get, self._keys.rls_version
-                )
-                if int(text(raw) or 0) != self.version:
-                    await self.load()
-            except RedisUnavailableError as exc:
-                _log.debug("RLS domains not refreshed: %s", exc)
+    def loaded(self, documents: dict[str, RlsDomain], version: int) -> None:
+        self.domains = documents
+        super().loaded(documents, version)

@@ -17,12 +17,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 
-from core.errors import RedisUnavailableError
-from core.gateway import text
-from core.scripts import READ_POLICIES, limit_args
+from core.documents import DocumentSync
+from core.scripts import limit_args
 from schemas.limits import Policy
 
 if TYPE_CHECKING:
@@ -104,46 +102,24 @@ def decode_policy(raw: bytes | str) -> Policy:
     return msgspec.convert(data, Policy)
 
 
-class PolicySync:
+class PolicySync(DocumentSync[Policy]):
     """Keeps a :class:`PolicyTable` equal to the policies in Redis."""
 
     def __init__(
         self, gateway: Gateway, keys: KeySpace, table: PolicyTable, interval_s: float = 1.0
     ) -> None:
-        self._gateway = gateway
-        self._keys = keys
+        super().__init__(
+            gateway,
+            keys.policies,
+            keys.policy_version,
+            decode_policy,
+            what="policy",
+            log=_log,
+            op="policy_version",
+            interval_s=interval_s,
+        )
         self.table = table
-        self._interval = interval_s
-        self._wake = anyio.Event()
 
-    async def load(self) -> None:
-        """Read every policy and the version they are at, and load them into the table."""
-        keys = [self._keys.policies, self._keys.policy_version]
-        reply: list[Any] = await self._gateway.run(READ_POLICIES, keys, [])
-        version, flat = int(reply[0]), reply[1:]
-        policies = {}
-        for name, raw in zip(flat[::2], flat[1::2], strict=True):
-            try:
-                policies[text(name)] = decode_policy(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                _log.warning("ignored policy %r that does not decode: %s", text(name), exc)
-        self.table.load(policies, version)
-
-    def changed(self) -> None:
-        """A notification said a policy changed: load again now."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Until cancelled: load when told to, or when the version in Redis moved on."""
-        while True:
-            with anyio.move_on_after(self._interval):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            try:
-                raw = await self._gateway.call(
-                    "policy_version", self._gateway.client.get, self._keys.policy_version
-                )
-                if int(text(raw) or 0) != self.table.version:
-                    await self.load()
-            except RedisUnavailableError as exc:
-                _log.debug("policies not refreshed: %s", exc)
+    def loaded(self, documents: dict[str, Policy], version: int) -> None:
+        super().loaded(documents, version)
+        self.table.load(documents, version)
