@@ -30,6 +30,7 @@ from api.headers import Header, rate_limit_headers
 from api.lean import AnswerError as _AnswerError
 from api.lean import bad as _bad
 from api.lean import decode_body as _decode
+from api.lean import denied as _denied
 from api.spend import ACQUIRE, REFUND, RELEASE, Spend
 from api.throttle import client_address
 from core.errors import LimitValidationError, RedisUnavailableError
@@ -39,7 +40,6 @@ from schemas.http import (
     BatchResponse,
     BatchResult,
     CheckAllowed,
-    CheckDenied,
     CheckRequest,
     ErrorResponse,
 )
@@ -261,16 +261,7 @@ class LeanChecks:
             )
             return 200, _encode(allowed), headers
         self._decision(result.algorithm, "denied").inc()
-        denied = CheckDenied(
-            allowed=False,
-            remaining=result.remaining,
-            limit=result.limit,
-            retry_after_ms=result.retry_after_ms,
-            reset_after_ms=result.reset_after_ms,
-            error="rate_limit_exceeded",
-            message=f"rate limit exceeded; retry after {result.retry_after_ms} ms",
-            policy=result.policy,
-        )
+        denied = _denied(result, "rate limit exceeded")
         return 429, _encode(denied), headers
 
     # -- POST /check ------------------------------------------------------------------

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from api.strict import decode_whole_numbers, validation_problem
+from schemas.http import CheckDenied
 
 if TYPE_CHECKING:
     from api.headers import Header
+    from core.limiter import CheckResult
 
-__all__ = ["AnswerError", "bad", "decode_body"]
+__all__ = ["AnswerError", "bad", "decode_body", "denied"]
 
 
 class AnswerError(Exception):
@@ -28,6 +30,20 @@ class AnswerError(Exception):
 
 def bad(message: str) -> AnswerError:
     return AnswerError(400, "validation_error", message)
+
+
+def denied(result: CheckResult, message: str) -> CheckDenied:
+    """The 429 body of a denied check or acquire: ``message``, then "; retry after N ms"."""
+    return CheckDenied(
+        allowed=False,
+        remaining=result.remaining,
+        limit=result.limit,
+        retry_after_ms=result.retry_after_ms,
+        reset_after_ms=result.reset_after_ms,
+        error="rate_limit_exceeded",
+        message=f"{message}; retry after {result.retry_after_ms} ms",
+        policy=result.policy,
+    )
 
 
 def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:

@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_200_OK
 from api.auth import check_guard
 from api.headers import rate_limit_headers
 from api.lean import AnswerError, bad, decode_body
+from api.lean import denied as _denied
 from api.openapi import CHECK
 from api.routes import Key
 from api.strict import OptionalBodyOperation
@@ -107,16 +108,7 @@ class Spend:
             )
             return 200, _encode(allowed), headers
         self._decision(result.algorithm, "denied").inc()
-        denied = CheckDenied(
-            allowed=False,
-            remaining=result.remaining,
-            limit=result.limit,
-            retry_after_ms=result.retry_after_ms,
-            reset_after_ms=result.reset_after_ms,
-            error="rate_limit_exceeded",
-            message=f"no lease free; retry after {result.retry_after_ms} ms",
-            policy=result.policy,
-        )
+        denied = _denied(result, "no lease free")
         return 429, _encode(denied), headers
 
     async def _release(self, services: Services, key: str, body: bytes) -> Answer:
