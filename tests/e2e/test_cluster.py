@@ -34,7 +34,7 @@ from core.streams import EVENT_FIELD, publish_many
 from schemas.events import AuditEvent, KeyEvent, SetLimit
 from schemas.limits import Limit, Policy
 from tests.e2e.test_redis_auth_tls import acl_rules, knows_setinfo
-from tests.support.cluster import LocalCluster
+from tests.support.cluster import LocalCluster, cluster_env
 from tests.support.service import ServiceProcess, running
 
 if TYPE_CHECKING:
@@ -57,17 +57,6 @@ def cluster() -> Iterator[LocalCluster]:
         yield local.start()
     finally:
         local.close()
-
-
-def cluster_env(cluster: LocalCluster, prefix: str, **extra: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": cluster.url,
-        "REDIS_CLUSTER": "true",
-        "KEY_PREFIX": prefix,
-        "WORKER_BLOCK_MS": "100",
-        "WORKER_METRICS_PORT": "0",
-        **extra,
-    }
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from core.settings import load_settings
 from core.streams import EVENT_FIELD, ensure_group, publish_many
 from schemas.events import AuditEvent, KeyEvent, SetLimit
 from schemas.limits import Limit
-from tests.support.cluster import ClusterNode, LocalCluster
+from tests.support.cluster import ClusterNode, LocalCluster, cluster_env
 from tests.support.poll import until
 from tests.support.service import ServiceProcess, running
 
@@ -70,17 +70,6 @@ def replicated() -> Iterator[LocalCluster]:
         yield local.start()
     finally:
         local.close()
-
-
-def cluster_env(cluster: LocalCluster, prefix: str, **extra: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": cluster.url,
-        "REDIS_CLUSTER": "true",
-        "KEY_PREFIX": prefix,
-        "WORKER_BLOCK_MS": "100",
-        "WORKER_METRICS_PORT": "0",
-        **extra,
-    }
 
 
 def keys_on(master: ClusterNode, count: int, stem: str) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from tests.support.servers import RedisProcess, server_binary
 
-__all__ = ["ClusterNode", "LocalCluster"]
+__all__ = ["ClusterNode", "LocalCluster", "cluster_env"]
 
 
 def _cluster_ports(count: int) -> list[int]:
@@ -217,3 +217,15 @@ class LocalCluster:
         for node in self.nodes:
             node.close()
         self.nodes.clear()
+
+
+def cluster_env(cluster: LocalCluster, prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of a service process on ``cluster``, keys under ``prefix``."""
+    return {
+        "REDIS_URL": cluster.url,
+        "REDIS_CLUSTER": "true",
+        "KEY_PREFIX": prefix,
+        "WORKER_BLOCK_MS": "100",
+        "WORKER_METRICS_PORT": "0",
+        **extra,
+    }
