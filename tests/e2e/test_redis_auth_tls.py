@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -31,6 +30,7 @@ from core.embedded import free_port
 from core.keys import KeySpace
 from tests.support.servers import RedisProcess, server_binary
 from tests.support.service import ServiceProcess
+from tests.support.tls import make_certificates
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -293,26 +293,10 @@ def _throttler() -> list[str]:
 # --- TLS --------------------------------------------------------------------------------
 
 
-def _openssl(cwd: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, and a certificate it signed for 127.0.0.1 / localhost."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is not installed")
-    where = tmp_path_factory.mktemp("tls")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(where, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=throttler test CA")  # fmt: skip
-    _openssl(where, "req", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost")  # fmt: skip
-    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl(where, "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey",
-             "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2",
-             "-extfile", "san.ext")  # fmt: skip
-    return where
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 NO_TLS = ("Failed finding TLS support", "TLS not supported", "connection type tls")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from tests.e2e.test_streams_sse import sse_events
 from tests.support.sentinel import LocalSentinel
 from tests.support.servers import server_binary
 from tests.support.service import ServiceProcess, running
+from tests.support.tls import make_certificates
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -52,26 +52,6 @@ pytestmark = pytest.mark.sentinel
 #: connection); generous for a loaded 2-core machine.
 RECOVERY_BOUND_S = 10.0
 LOAD_THREADS = 2  # per API process
-
-
-def _openssl(cwd: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _certificates(where: Path) -> Path:
-    """A CA, and a certificate it signed for 127.0.0.1 (as test_redis_auth_tls makes)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is not installed")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(where, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=throttler test CA")  # fmt: skip
-    _openssl(where, "req", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost")  # fmt: skip
-    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl(where, "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey",
-             "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2",
-             "-extfile", "san.ext")  # fmt: skip
-    return where
 
 
 def _has_tls(binary: str, certs: Path) -> bool:
@@ -98,7 +78,7 @@ def sentinel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalSe
     """A deployment; with the parameter "tls", every node speaks TLS only."""
     deployment = LocalSentinel()
     if getattr(request, "param", "plain") == "tls":
-        deployment.tls = _certificates(tmp_path)
+        deployment.tls = make_certificates(tmp_path)
         if not _has_tls(server_binary(), deployment.tls):
             pytest.skip(f"{server_binary()} has no TLS support")
     try:
