@@ -2,9 +2,9 @@
 
 Workers store each domain (``core/lua/apply_document.lua``) and announce the change;
 :class:`DomainSync` (a :class:`core.documents.DocumentSync`) loads them all at start, again
-on a ``rls_domain_changed`` notification, and within about a second when one is lost. Nothing here knows the
-protocol: the edge that serves it (``api/rls``) reads :attr:`DomainSync.domains` and
-:attr:`DomainSync.version`.
+on a ``rls_domain_changed`` notification, and within about a second when one is lost.
+Nothing here knows the protocol: the edge that serves it (``api/rls``) reads
+:attr:`DomainSync.domains` and :attr:`DomainSync.version`.
 """
 
 from __future__ import annotations
