@@ -272,11 +272,13 @@ def rls_phase(url: str, rls: str, redis_port: int, seconds: float) -> dict[str, 
     return out
 
 
-def _limiter() -> Limiter:
-    """Builds script arguments only (core's own contract; no gateway needed)."""
-    settings = load_settings({}, env_file=None)
-    requests, window_ms = settings.default_limit_rate
-    default = Limit(requests, window_ms, burst=settings.default_capacity)
+def _limiter(default: Limit | None = None) -> Limiter:
+    """Builds script arguments only (core's own contract; no gateway needed); ``default``:
+    the default limit (the service's built-in one when None)."""
+    if default is None:
+        settings = load_settings({}, env_file=None)
+        requests, window_ms = settings.default_limit_rate
+        default = Limit(requests, window_ms, burst=settings.default_capacity)
     return Limiter(None, KeySpace(PREFIX), default)  # type: ignore[arg-type]
 
 
@@ -303,8 +305,10 @@ def memory_per_key(port: int, keys: int) -> dict[str, float]:
     """Redis ``used_memory`` growth per active key: on the default limit (state only), and
     with a limit of its own (set through the apply script, then checked once)."""
     client = redis.Redis(port=port)
-    limiter, store = _limiter(), ConfigStore(None, KeySpace(PREFIX), 1000)  # type: ignore[arg-type]
-    own = Limit(requests=100, window_ms=2_678_400_000)  # 100 per 31 days: nothing expires
+    # 100 per 31 days: nothing expires while measured (the built-in default's state would
+    # expire about a second after its spend, and the count with it).
+    own = Limit(requests=100, window_ms=2_678_400_000)
+    limiter, store = _limiter(own), ConfigStore(None, KeySpace(PREFIX), 1000)  # type: ignore[arg-type]
     out = {}
     for shape in ("default_limit", "own_limit"):
         client.flushall(asynchronous=False)
