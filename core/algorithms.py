@@ -118,7 +118,8 @@ def token_bucket(
             allowed = True
             tokens -= need
             held, since = tokens, t
-            new_state = (tokens, t)
+            if n > 0:  # a peek (n = 0) writes nothing, reserved or not
+                new_state = (tokens, t)
     wait = 0
     if allowed:
         wait, retry = max(retry, 0), 0
